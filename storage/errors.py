@@ -1,0 +1,76 @@
+"""Errors raised by :mod:`storage`.
+
+Every error carries a ``public_message`` that is safe to show to an end user; the
+``str()`` of an error may hold operator detail (endpoints, keys) and belongs in logs.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Root of every error raised by :mod:`storage`."""
+
+    public_message = "The document store could not complete the request."
+
+
+class ObjectNotFound(StorageError):
+    """The object store holds no object under ``key``."""
+
+    public_message = "The stored object was not found."
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object under key {key!r}")
+        self.key = key
+
+
+class StorageUnavailable(StorageError):
+    """The object store could not be reached or failed (after bounded retries)."""
+
+    public_message = "The document store is unavailable; try again later."
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        super().__init__(f"object store at {endpoint} is unavailable: {detail}")
+        self.endpoint = endpoint
+        self.detail = detail
+
+
+class IntegrityError(StorageError):
+    """An encrypted object failed authentication: tampered, truncated, reordered,
+    swapped with another object, or opened with the wrong key.
+
+    SECURITY: this is the single error type for every integrity failure, so callers
+    cannot be turned into an oracle that tells one kind of tampering from another.
+    """
+
+    public_message = "The stored document failed its integrity check."
+
+
+class KeyringError(StorageError):
+    """The keyring is missing, unreadable, unsafe (file mode) or lacks a key version."""
+
+    public_message = "The encryption keyring is not usable."
+
+
+class ContentRejected(StorageError):
+    """A file was refused by content inspection.
+
+    ``reason`` is a stable machine-readable code (e.g. ``"pdf_javascript"``);
+    ``message`` is a precise human explanation.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.public_message = message
+
+
+class UploadTooLarge(ContentRejected):
+    """The stream exceeded the configured size limit; detected while streaming."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            "too_large",
+            f"The file is larger than the limit of {limit_bytes // (1024 * 1024)} MB.",
+        )
+        self.limit_bytes = limit_bytes
