@@ -1,4 +1,39 @@
-"""Root pytest configuration: registers the fixture modules under ``tests/support``."""
+"""Root pytest configuration: fixture modules under ``tests/support``, and a summary of
+how many tests ran against each real service."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
 
 pytest_plugins: list[str] = [
+    "tests.support.db",
+    "tests.support.app",
+    "tests.support.browser",
+    "tests.support.s3",
 ]
+
+SERVICE_MARKERS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "browser": "browser"}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    counts: Counter[tuple[str, str]] = Counter()
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call" and outcome == "passed":
+                continue
+            keywords = getattr(report, "keywords", {})
+            for marker in SERVICE_MARKERS:
+                if marker in keywords:
+                    counts[(marker, outcome)] += 1
+    if not counts:
+        return
+    terminalreporter.section("real services")
+    for marker, label in SERVICE_MARKERS.items():
+        parts = [
+            f"{counts[(marker, o)]} {o}"
+            for o in ("passed", "failed", "skipped", "error")
+            if counts[(marker, o)]
+        ]
+        terminalreporter.write_line(f"{label} tests: {', '.join(parts) or 'none ran'}")

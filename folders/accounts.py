@@ -1,0 +1,178 @@
+"""User accounts: creation, passwords (Argon2id), authentication, disabling."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from folders.actor import Actor
+from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
+from folders.models import Role, User
+
+MIN_PASSWORD_LENGTH = 12
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A hash nobody's password matches, so an unknown email costs as much as a wrong password.
+_TIMING_DUMMY_PASSWORD = "satchel-timing-equaliser"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: uuid.UUID
+    email: str
+    display_name: str
+    role: Role
+    active: bool
+    has_password: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+def normalize_email(email: str) -> str:
+    """Lower-case and trim an email; InvalidInput if it is not shaped like one."""
+    cleaned = email.strip().lower()
+    if not _EMAIL.match(cleaned) or len(cleaned) > 254:
+        raise InvalidInput(f"Not a valid email address: {email!r}.")
+    return cleaned
+
+
+def check_password_strength(password: str) -> None:
+    """InvalidInput unless the password is at least MIN_PASSWORD_LENGTH characters."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"A password needs at least {MIN_PASSWORD_LENGTH} characters.")
+
+
+class Accounts:
+    """Use cases on user accounts. Only admins and the server operator manage accounts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime],
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._hasher = hasher or PasswordHasher()  # argon2-cffi's default is Argon2id
+        self._dummy_hash = self._hasher.hash(_TIMING_DUMMY_PASSWORD)
+
+    def add_user(
+        self,
+        actor: Actor,
+        email: str,
+        role: Role,
+        *,
+        display_name: str | None = None,
+        password: str | None = None,
+    ) -> UserInfo:
+        """Create an account; Conflict if the email is taken, InvalidInput on bad values."""
+        self._require_admin(actor)
+        address = normalize_email(email)
+        if password is not None:
+            check_password_strength(password)
+        user = User(
+            email=address,
+            display_name=(display_name or address.split("@")[0]).strip()[:200],
+            role=role,
+            active=True,
+            password_hash=self._hasher.hash(password) if password is not None else None,
+            created_at=self._clock(),
+        )
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                session.add(user)
+        except IntegrityError:
+            raise Conflict(f"An account with the email {address} already exists.") from None
+        return _info(user)
+
+    def set_password(self, actor: Actor, email: str, password: str) -> UserInfo:
+        """Replace a user's password; NotFound for an unknown email."""
+        self._require_admin(actor)
+        check_password_strength(password)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            user = self._get(session, email)
+            user.password_hash = self._hasher.hash(password)
+        return _info(user)
+
+    def disable(self, actor: Actor, email: str) -> UserInfo:
+        """Disable an account so it can no longer log in; NotFound for an unknown email."""
+        self._require_admin(actor)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            user = self._get(session, email)
+            user.active = False
+        return _info(user)
+
+    def list_users(self, actor: Actor, role: Role | None = None) -> list[UserInfo]:
+        self._require_admin(actor)
+        with Session(self._engine) as session:
+            query = select(User).order_by(User.role, User.email)
+            if role is not None:
+                query = query.where(User.role == role)
+            return [_info(u) for u in session.scalars(query)]
+
+    def authenticate(self, email: str, password: str) -> UserInfo:
+        """Check a login; AuthenticationFailed without saying what was wrong."""
+        try:
+            address = normalize_email(email)
+        except InvalidInput:
+            address = ""
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            user = session.scalar(select(User).where(User.email == address)) if address else None
+            stored = user.password_hash if user is not None else None
+            # SECURITY: always run one Argon2 verification, so response time does not
+            # reveal whether the account exists.
+            if not self._verify(stored or self._dummy_hash, password) or stored is None:
+                raise AuthenticationFailed()
+            assert user is not None
+            if not user.active:
+                raise AuthenticationFailed()
+            if self._hasher.check_needs_rehash(stored):
+                user.password_hash = self._hasher.hash(password)
+            user.last_login_at = self._clock()
+        return _info(user)
+
+    def get(self, user_id: uuid.UUID) -> UserInfo:
+        """The account with this id; NotFound if missing."""
+        with Session(self._engine) as session:
+            user = session.get(User, user_id)
+            if user is None:
+                raise NotFound()
+            return _info(user)
+
+    def _verify(self, stored: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def _get(self, session: Session, email: str) -> User:
+        user = session.scalar(select(User).where(User.email == normalize_email(email)))
+        if user is None:
+            raise NotFound(f"No account with the email {email.strip().lower()}.")
+        return user
+
+    @staticmethod
+    def _require_admin(actor: Actor) -> None:
+        if not (actor.is_operator or actor.role is Role.ADMIN):
+            raise Forbidden("Only administrators manage accounts.")
+
+
+def _info(user: User) -> UserInfo:
+    return UserInfo(
+        id=user.id,
+        email=user.email,
+        display_name=user.display_name,
+        role=user.role,
+        active=user.active,
+        has_password=user.password_hash is not None,
+        created_at=user.created_at,
+        last_login_at=user.last_login_at,
+    )

@@ -1,0 +1,123 @@
+"""``satchel doctor``: one check per dependency, each OK or FAIL with a precise detail."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from audit.checkpoint import Checkpoint
+from folders.db import current_revision, head_revision
+from folders.runtime import Runtime
+from storage.inspect import inspect
+
+
+def _probe_png() -> bytes:
+    """A valid 1x1 PNG, built here so the check needs no file on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\xff\xff")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(runtime: Runtime) -> list[CheckResult]:
+    """Run every check; never raises for a failing dependency, reports it instead."""
+    checks: list[tuple[str, Callable[[Runtime], str]]] = [
+        ("database", _check_database),
+        ("object store", _check_store),
+        ("keyring", _check_keyring),
+        ("audit signing key", _check_signer),
+        ("content inspection (libmagic)", _check_inspection),
+    ]
+    results = []
+    for name, check in checks:
+        try:
+            results.append(CheckResult(name, True, check(runtime)))
+        except Exception as e:
+            results.append(CheckResult(name, False, _describe(e)))
+    return results
+
+
+def _check_database(runtime: Runtime) -> str:
+    url = runtime.settings.describe()["database_url"]
+    with runtime.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    current, head = current_revision(runtime.engine), head_revision(runtime.engine)
+    if current != head:
+        raise RuntimeError(
+            f"{url} is at schema revision {current or 'none'}, expected {head}; "
+            "run `satchel db upgrade`"
+        )
+    return f"{url} (schema {current})"
+
+
+def _check_store(runtime: Runtime) -> str:
+    store = runtime.store
+    key = f"doctor/{uuid.uuid4()}"
+    payload = b"satchel doctor probe"
+    try:
+        store.put(key, io.BytesIO(payload), len(payload))
+        with store.open(key) as fh:
+            if fh.read() != payload:
+                raise RuntimeError(f"{store.description}: read back different bytes")
+        if store.head(key).size != len(payload):
+            raise RuntimeError(f"{store.description}: wrong size reported")
+    finally:
+        # The put/read failure, if any, is the one to report.
+        with contextlib.suppress(Exception):
+            store.delete(key)
+    return f"{store.description} (write, read, delete)"
+
+
+def _check_keyring(runtime: Runtime) -> str:
+    keyring = runtime.keyring
+    context = b"satchel doctor"
+    data_key = keyring.generate_data_key(context)
+    if keyring.unwrap(data_key.wrapped, data_key.key_id, data_key.key_version, context) != (
+        data_key.plaintext
+    ):
+        raise RuntimeError("unwrapped key differs from the generated one")
+    return f"{runtime.settings.keyring_path} (key {keyring.key_id} v{keyring.active_version})"
+
+
+def _check_signer(runtime: Runtime) -> str:
+    signer = runtime.signer
+    checkpoint = Checkpoint(
+        origin=runtime.settings.audit_origin,
+        tree_size=0,
+        root_hash=bytes(32),
+        timestamp=runtime.clock(),
+    )
+    signer.verifier().verify(signer.sign(checkpoint).note)
+    return str(runtime.settings.signing_key_path)
+
+
+def _check_inspection(runtime: Runtime) -> str:
+    result = inspect(io.BytesIO(_probe_png()), "probe.png")
+    if result.mime_type != "image/png":
+        raise RuntimeError(f"libmagic identified a PNG as {result.mime_type}")
+    return "libmagic and pypdf available"
+
+
+def _describe(error: Exception) -> str:
+    text_ = str(error) or type(error).__name__
+    return text_.replace("\n", " ")[:500]

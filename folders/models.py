@@ -1,0 +1,254 @@
+"""SQL schema of the cumulative folder (DESIGN §2), as SQLAlchemy 2 typed models.
+
+The schema itself is created and changed only by the Alembic migrations in
+``folders/migrations``; these classes must match them (a test compares the two).
+Vocabularies are stored as strings with CHECK constraints so SQLite and PostgreSQL
+behave the same. All timestamps are stored and returned in UTC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from folders.categories import Category
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; Satchel stores aware UTC timestamps")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _vocabulary(enum: type[StrEnum], name: str) -> Enum:
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Role(StrEnum):
+    REGISTRAR = "registrar"
+    GUARDIAN = "guardian"
+    COMPLIANCE = "compliance"
+    ADMIN = "admin"
+
+
+class StudentStatus(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    TRANSFERRED = "transferred"
+    GRADUATED = "graduated"
+
+
+class Relationship(StrEnum):
+    PARENT = "parent"
+    GUARDIAN = "guardian"
+    RELATIVE = "relative"
+    OTHER = "other"
+
+
+class GrantScope(StrEnum):
+    DOCUMENT = "document"
+    CATEGORY = "category"
+    FOLDER = "folder"
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, default=uuid.uuid4)
+
+
+class School(Base):
+    __tablename__ = "schools"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Student(Base):
+    __tablename__ = "students"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    district_id: Mapped[str] = mapped_column(String(64), unique=True)
+    state_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    source_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    given_name: Mapped[str] = mapped_column(String(100))
+    middle_name: Mapped[str | None] = mapped_column(String(100))
+    family_name: Mapped[str] = mapped_column(String(100), index=True)
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    grade: Mapped[str | None] = mapped_column(String(16))
+    school_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("schools.id"))
+    status: Mapped[StudentStatus] = mapped_column(
+        _vocabulary(StudentStatus, "student_status"), default=StudentStatus.ACTIVE
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(_vocabulary(Role, "user_role"))
+    active: Mapped[bool] = mapped_column(default=True)
+    source_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Guardianship(Base):
+    """A guardian's link to a student. A restricted guardian sees nothing of that student.
+
+    Rows are never deleted: a removed link keeps its history with ``ended_at`` set.
+    """
+
+    __tablename__ = "guardianships"
+    __table_args__ = (
+        UniqueConstraint("guardian_id", "student_id"),
+        CheckConstraint(
+            "restricted = false OR restriction_reason IS NOT NULL", name="restriction_has_reason"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    guardian_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    student_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("students.id"), index=True)
+    relationship: Mapped[Relationship] = mapped_column(_vocabulary(Relationship, "relationship"))
+    restricted: Mapped[bool] = mapped_column(default=False)
+    restriction_reason: Mapped[str | None] = mapped_column(Text)
+    restriction_document_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("documents.id"))
+    restricted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    restricted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    student_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("students.id"), index=True)
+    category: Mapped[Category] = mapped_column(_vocabulary(Category, "category"))
+    title: Mapped[str] = mapped_column(String(200))
+    school_year: Mapped[str | None] = mapped_column(String(9))
+    effective_date: Mapped[date | None] = mapped_column(Date)
+    created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DocumentVersion(Base):
+    """One immutable stored file. A correction is a new row with the next ``number``.
+
+    ``wrapped_dek`` is the data key wrapped by keyring version ``key_version``; key
+    rotation rewrites only these three key columns. A NULL ``wrapped_dek`` means the
+    version was crypto-shredded.
+    """
+
+    __tablename__ = "document_versions"
+    __table_args__ = (UniqueConstraint("document_id", "number"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    object_key: Mapped[str] = mapped_column(String(255), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    stored_size: Mapped[int] = mapped_column(Integer)
+    plaintext_sha256: Mapped[str] = mapped_column(String(64))
+    mime_type: Mapped[str] = mapped_column(String(64))
+    page_count: Mapped[int] = mapped_column(Integer)
+    original_filename: Mapped[str] = mapped_column(String(255))
+    format_version: Mapped[int] = mapped_column(Integer)
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(64))
+    key_version: Mapped[int] = mapped_column(Integer, index=True)
+    uploaded_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Grant(Base):
+    """Permission for one guardian to see a document, a category or a student's folder.
+
+    Folder and category grants cover documents added later. Revocation is a state change
+    (who, when, why); rows are kept for the record of disclosures.
+    """
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        CheckConstraint(
+            "(scope = 'document' AND document_id IS NOT NULL AND category IS NULL)"
+            " OR (scope = 'category' AND category IS NOT NULL AND document_id IS NULL)"
+            " OR (scope = 'folder' AND document_id IS NULL AND category IS NULL)",
+            name="scope_target",
+        ),
+        CheckConstraint("(revoked_at IS NULL) = (revoked_by IS NULL)", name="revocation_complete"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    guardian_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    student_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("students.id"), index=True)
+    scope: Mapped[GrantScope] = mapped_column(_vocabulary(GrantScope, "grant_scope"))
+    document_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("documents.id"))
+    category: Mapped[Category | None] = mapped_column(_vocabulary(Category, "grant_category"))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    granted_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoke_reason: Mapped[str | None] = mapped_column(Text)

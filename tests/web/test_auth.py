@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from folders.models import Role
+from tests.support.app import AuthActions, csrf_from
+
+ROLE_HOMES = ["/registrar/", "/guardian/", "/compliance/", "/admin/"]
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_login_page_renders_an_accessible_form(client: FlaskClient) -> None:
+    response = client.get("/login")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert '<html lang="en">' in html
+    assert '<label for="email">' in html and '<label for="password">' in html
+    assert 'name="csrf_token"' in html
+
+
+def test_security_headers_on_every_response(client: FlaskClient) -> None:
+    for path in ["/login", "/healthz", "/no-such-page"]:
+        response = client.get(path)
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_post_without_csrf_token_is_400(client: FlaskClient, auth: AuthActions) -> None:
+    auth.create("r@school.example", Role.REGISTRAR)
+    client.get("/login")
+    response = client.post(
+        "/login", data={"email": "r@school.example", "password": "correct horse battery staple"}
+    )
+    assert response.status_code == 400
+    assert client.get("/registrar/").status_code == 302  # still not logged in
+
+
+@pytest.mark.parametrize(
+    ("role", "home"),
+    [
+        (Role.REGISTRAR, "/registrar/"),
+        (Role.GUARDIAN, "/guardian/"),
+        (Role.COMPLIANCE, "/compliance/"),
+        (Role.ADMIN, "/admin/"),
+    ],
+)
+def test_login_lands_on_the_role_home(
+    client: FlaskClient, auth: AuthActions, role: Role, home: str
+) -> None:
+    auth.create("user@school.example", role)
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login",
+        data={
+            "email": "user@school.example",
+            "password": "correct horse battery staple",
+            "csrf_token": token,
+        },
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == home
+    assert client.get(home).status_code == 200
+    for other in ROLE_HOMES:
+        if other != home:
+            assert client.get(other).status_code == 403
+
+
+def test_wrong_password_is_401_and_says_nothing_specific(
+    client: FlaskClient, auth: AuthActions
+) -> None:
+    auth.create("g@home.example", Role.GUARDIAN)
+    assert auth.login("g@home.example", "wrong password here") == 401
+    assert auth.login("nobody@home.example", "wrong password here") == 401
+    assert client.get("/guardian/").status_code == 302
+
+
+@pytest.mark.parametrize("path", ROLE_HOMES)
+def test_anonymous_is_sent_to_login(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=")
+
+
+def test_session_cookie_flags(client: FlaskClient, auth: AuthActions) -> None:
+    auth.create("g@home.example", Role.GUARDIAN)
+    client.get("/login")
+    cookie = client.get_cookie("satchel_session")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+
+
+def test_logout_ends_the_session(client: FlaskClient, auth: AuthActions) -> None:
+    auth.create("g@home.example", Role.GUARDIAN)
+    assert auth.login("g@home.example") == 302
+    token = csrf_from(client.get("/guardian/").get_data(as_text=True))
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/guardian/").status_code == 302
+
+
+def test_offsite_next_is_ignored(client: FlaskClient, auth: AuthActions) -> None:
+    auth.create("g@home.example", Role.GUARDIAN)
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login",
+        data={
+            "email": "g@home.example",
+            "password": "correct horse battery staple",
+            "csrf_token": token,
+            "next": "//evil.example/phish",
+        },
+    )
+    assert response.headers["Location"] == "/guardian/"

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from web.cli import cli
+
+PASSWORD = "correct horse battery staple"
+
+
+class Satchel:
+    """Runs `satchel` commands in-process against one data directory and database."""
+
+    def __init__(self, data_dir: Path, database_url: str) -> None:
+        self.env = {"SATCHEL_DATA_DIR": str(data_dir), "SATCHEL_DATABASE_URL": database_url}
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None, **env: str) -> Result:
+        return self.runner.invoke(cli, list(args), input=input, env={**self.env, **env})
+
+
+@pytest.fixture
+def satchel(tmp_path: Path, database_url: str) -> Satchel:
+    return Satchel(tmp_path / "data", database_url)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_init_creates_private_key_files_and_is_idempotent(satchel: Satchel, tmp_path: Path) -> None:
+    first = satchel("init")
+    assert first.exit_code == 0, first.output
+    keys = tmp_path / "data" / "keys"
+    for name in ("keyring.json", "audit-signing.pem", "session-secret"):
+        mode = stat.S_IMODE((keys / name).stat().st_mode)
+        assert mode == 0o600, f"{name} has mode {oct(mode)}"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    before = {p.name: p.read_bytes() for p in keys.iterdir()}
+    second = satchel("init")
+    assert second.exit_code == 0
+    assert "created" not in second.output
+    assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
+
+
+def test_doctor_all_ok_after_init(satchel: Satchel) -> None:
+    satchel("init")
+    result = satchel("doctor")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("OK") for line in lines)
+
+
+def test_doctor_before_init_fails(satchel: Satchel) -> None:
+    result = satchel("doctor")
+    assert result.exit_code == 1
+    assert "FAIL  keyring" in result.output
+
+
+def test_doctor_names_a_dead_s3_endpoint(satchel: Satchel) -> None:
+    satchel("init")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    result = satchel(
+        "doctor",
+        SATCHEL_STORAGE_BACKEND="s3",
+        SATCHEL_S3_ENDPOINT_URL=endpoint,
+        SATCHEL_S3_BUCKET="records",
+        SATCHEL_S3_ACCESS_KEY_ID="key",
+        SATCHEL_S3_SECRET_ACCESS_KEY="secret",
+    )
+    assert result.exit_code == 1
+    fail = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(fail) == 1 and fail[0].startswith("FAIL  object store")
+    assert endpoint in fail[0]
+
+
+def test_user_commands(satchel: Satchel) -> None:
+    satchel("init")
+    added = satchel(
+        "user",
+        "add",
+        "Reg@School.example",
+        "--role",
+        "registrar",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+    )
+    assert added.exit_code == 0, added.output
+    assert "created registrar reg@school.example" in added.output
+    assert satchel("user", "add", "g@home.example", "--role", "guardian").exit_code == 0
+    duplicate = satchel("user", "add", "reg@school.example", "--role", "admin")
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.output
+    assert (
+        satchel(
+            "user", "passwd", "g@home.example", "--password-stdin", input=PASSWORD + "\n"
+        ).exit_code
+        == 0
+    )
+    assert satchel("user", "disable", "g@home.example").exit_code == 0
+    listing = satchel("user", "list").output.splitlines()
+    assert listing[1].split()[:3] == ["g@home.example", "guardian", "disabled"]
+    assert listing[2].split()[:3] == ["reg@school.example", "registrar", "active"]
+    missing = satchel("user", "disable", "nobody@home.example")
+    assert missing.exit_code == 1 and "No account" in missing.output
+
+
+def test_bad_role_is_a_usage_error(satchel: Satchel) -> None:
+    result = satchel("user", "add", "x@school.example", "--role", "janitor")
+    assert result.exit_code == 2
+    assert "janitor" in result.output
+
+
+def test_db_upgrade_reports_the_revision(satchel: Satchel) -> None:
+    result = satchel("db", "upgrade")
+    assert result.exit_code == 0
+    assert result.output.startswith("schema at 0001")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["init"],
+        ["serve"],
+        ["db", "upgrade"],
+        ["config", "show"],
+        ["doctor"],
+        ["user", "add"],
+        ["user", "passwd"],
+        ["user", "list"],
+        ["user", "disable"],
+    ],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output and len(result.output.splitlines()) > 3
+
+
+def _console(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("satchel")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SATCHEL_")}
+    return subprocess.run(
+        [str(script), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_console_script_config_show_masks_secrets(tmp_path: Path) -> None:
+    result = _console(
+        "config",
+        "show",
+        env={
+            "SATCHEL_DATA_DIR": str(tmp_path),
+            "SATCHEL_SECRET_KEY": "s" * 40,
+            "SATCHEL_DATABASE_URL": "postgresql+psycopg://satchel:pw-123@db.example/satchel",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s" * 40 not in result.stdout and "pw-123" not in result.stdout
+    assert "secret_key" in result.stdout and "********" in result.stdout
+
+
+def test_console_script_unknown_setting_exits_2_naming_it(tmp_path: Path) -> None:
+    result = _console(
+        "config", "show", env={"SATCHEL_DATA_DIR": str(tmp_path), "SATCHEL_BOGUS": "1"}
+    )
+    assert result.returncode == 2
+    assert "SATCHEL_BOGUS: unknown setting" in result.stderr

@@ -1,0 +1,252 @@
+"""The ``satchel`` command line: the second front door, beside the web app.
+
+Built on Flask's click integration so commands and views share one app factory and one
+:class:`Runtime`. Commands are thin: parse options, call a service, print the result.
+Exit codes: 0 success, 1 a check or operation failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup, with_appcontext
+
+from audit.errors import AuditError
+from config import ConfigError, Settings
+from folders.actor import Actor
+from folders.bootstrap import initialize
+from folders.db import current_revision, upgrade
+from folders.doctor import run_checks
+from folders.errors import FoldersError
+from folders.models import Role
+from folders.runtime import Runtime
+from storage.errors import StorageError
+from web.context import runtime as app_runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _create_app() -> Flask:
+    from web.app import create_app
+
+    return create_app(Settings.load())
+
+
+def runtime() -> Runtime:
+    """The app's Runtime, closed (connections released) when the command ends."""
+    current = app_runtime()
+    click.get_current_context().call_on_close(current.close)
+    return current
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn Satchel's errors into a one-line message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (FoldersError, StorageError, AuditError) as e:
+            detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
+            raise click.ClickException(detail) from e
+
+    return wrapper
+
+
+@click.group(
+    cls=FlaskGroup,
+    create_app=_create_app,
+    add_default_commands=False,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+def cli() -> None:
+    """Satchel: the encrypted cumulative student folder vault.
+
+    Configuration comes from SATCHEL_CONFIG (or ./satchel.toml) and SATCHEL_*
+    environment variables; see `satchel config show`.
+    """
+
+
+@cli.command()
+@with_appcontext
+@reports_errors
+def init() -> None:
+    """Create the data directory, key files (mode 0600) and database schema.
+
+    Safe to run again: existing keys are kept and only pending migrations run.
+    """
+    report = initialize(runtime())
+    for item in report.created:
+        click.echo(f"created  {item}")
+    for item in report.kept:
+        click.echo(f"kept     {item}")
+
+
+@cli.command()
+@click.option("--bind", help="HOST:PORT to listen on (default: the bind setting).")
+@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes.")
+@with_appcontext
+def serve(bind: str | None, workers: int | None) -> None:
+    """Serve the web app with gunicorn (run `satchel init` first)."""
+    settings = runtime().settings
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind or settings.bind,
+        "--workers",
+        str(workers or settings.workers),
+        "--access-logfile",
+        "-",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+        "web.wsgi:application",
+    ]
+    click.echo(f"Satchel listening on http://{bind or settings.bind}/ (Ctrl-C stops)")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with gunicorn
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@with_appcontext
+@reports_errors
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    engine = runtime().engine
+    before = current_revision(engine)
+    upgrade(engine)
+    after = current_revision(engine)
+    click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Configuration commands."""
+
+
+@config_group.command("show")
+@with_appcontext
+def config_show() -> None:
+    """Print the effective settings, secrets masked."""
+    shown = runtime().settings.describe()
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@cli.command()
+@with_appcontext
+def doctor() -> None:
+    """Check the database, object store, keyring, signing key and libmagic."""
+    results = run_checks(runtime())
+    for result in results:
+        click.echo(f"{'OK  ' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
+@cli.group()
+def user() -> None:
+    """Manage user accounts."""
+
+
+def _read_password(from_stdin: bool, *, required: bool) -> str | None:
+    if from_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise click.UsageError("--password-stdin given but standard input was empty")
+        return value
+    if sys.stdin.isatty():
+        prompt = "Password" if required else "Password (empty: none, set one later)"
+        value = click.prompt(
+            prompt,
+            hide_input=True,
+            confirmation_prompt=True,
+            default="" if not required else None,
+            show_default=False,
+        )
+        return value or None
+    if required:
+        raise click.UsageError("no terminal to prompt on: pass the password with --password-stdin")
+    return None
+
+
+@user.command("add")
+@click.argument("email")
+@click.option(
+    "--role", required=True, type=click.Choice([r.value for r in Role]), help="Account role."
+)
+@click.option("--name", "display_name", help="Display name (default: from the email).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_appcontext
+@reports_errors
+def user_add(email: str, role: str, display_name: str | None, password_stdin: bool) -> None:
+    """Create an account with ROLE for EMAIL."""
+    password = _read_password(password_stdin, required=False)
+    info = runtime().accounts.add_user(
+        Actor.operator(), email, Role(role), display_name=display_name, password=password
+    )
+    suffix = "" if info.has_password else " (no password yet: `satchel user passwd`)"
+    click.echo(f"created {info.role.value} {info.email}{suffix}")
+
+
+@user.command("passwd")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_appcontext
+@reports_errors
+def user_passwd(email: str, password_stdin: bool) -> None:
+    """Set the password of EMAIL."""
+    password = _read_password(password_stdin, required=True)
+    assert password is not None
+    info = runtime().accounts.set_password(Actor.operator(), email, password)
+    click.echo(f"password set for {info.email}")
+
+
+@user.command("list")
+@click.option("--role", type=click.Choice([r.value for r in Role]), help="Only this role.")
+@with_appcontext
+@reports_errors
+def user_list(role: str | None) -> None:
+    """List accounts."""
+    users = runtime().accounts.list_users(Actor.operator(), Role(role) if role else None)
+    click.echo(f"{'EMAIL':40} {'ROLE':11} {'STATUS':9} LAST LOGIN")
+    for u in users:
+        last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+        status = "active" if u.active else "disabled"
+        click.echo(f"{u.email:40} {u.role.value:11} {status:9} {last}")
+
+
+@user.command("disable")
+@click.argument("email")
+@with_appcontext
+@reports_errors
+def user_disable(email: str) -> None:
+    """Disable EMAIL so it can no longer log in."""
+    info = runtime().accounts.disable(Actor.operator(), email)
+    click.echo(f"disabled {info.email}")
+
+
+def main() -> None:
+    """Console entry point; a configuration error exits 2 naming the key."""
+    try:
+        cli.main(prog_name="satchel")
+    except ConfigError as e:
+        click.echo(f"satchel: configuration error: {e}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,74 @@
+"""The one place that maps domain, storage and audit errors to HTTP responses.
+
+Not found and not yours are both 404; a refused file is 422 (413 when too large);
+an unavailable object store or audit log is 503.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template
+from werkzeug.exceptions import HTTPException
+
+from audit.errors import AuditError, AuditUnavailable
+from folders.errors import (
+    AuthenticationFailed,
+    Conflict,
+    FoldersError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
+from storage.errors import (
+    ContentRejected,
+    ObjectNotFound,
+    StorageError,
+    StorageUnavailable,
+    UploadTooLarge,
+)
+
+log = logging.getLogger(__name__)
+
+_FOLDERS_STATUS: list[tuple[type[FoldersError], int]] = [
+    (NotFound, 404),
+    (Forbidden, 403),
+    (InvalidInput, 400),
+    (Conflict, 409),
+    (AuthenticationFailed, 401),
+]
+
+
+def status_for(error: Exception) -> int:
+    """The HTTP status for a Satchel error."""
+    if isinstance(error, FoldersError):
+        return next((code for kind, code in _FOLDERS_STATUS if isinstance(error, kind)), 400)
+    if isinstance(error, UploadTooLarge):
+        return 413
+    if isinstance(error, ContentRejected):
+        return 422
+    if isinstance(error, ObjectNotFound):
+        return 404
+    if isinstance(error, StorageUnavailable | AuditUnavailable):
+        return 503
+    return 500
+
+
+def _render(code: int, message: str) -> tuple[str, int]:
+    return render_template("error.html", code=code, message=message), code
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(FoldersError)
+    @app.errorhandler(StorageError)
+    @app.errorhandler(AuditError)
+    def _satchel_error(error: Exception) -> tuple[str, int]:
+        code = status_for(error)
+        if code >= 500:
+            log.error("request failed: %s", error)
+        return _render(code, getattr(error, "public_message", "The request failed."))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> tuple[str, int]:
+        code = error.code or 500
+        return _render(code, error.description or error.name)

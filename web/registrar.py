@@ -1,0 +1,16 @@
+"""The registrar's pages. Every route needs a signed-in registrar (deny by default)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from folders.models import Role
+from web.auth import current_user, guard_role
+
+bp = Blueprint("registrar", __name__, url_prefix="/registrar")
+guard_role(bp, Role.REGISTRAR)
+
+
+@bp.get("/")
+def home() -> str:
+    return render_template("home.html", user=current_user(), title="Registrar")
