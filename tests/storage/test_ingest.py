@@ -1,0 +1,330 @@
+"""The ingestion pipeline on both object stores, proven from outside on S3."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from storage.envelope import ObjectIdentity
+from storage.errors import ContentRejected, IntegrityError, ObjectNotFound, UploadTooLarge
+from storage.ingest import EncryptedSpool, SealedRef, StoredFile, Vault
+from storage.keyring import Keyring
+from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
+from tests.support import samples
+
+NOW = datetime(2026, 9, 1, tzinfo=UTC)
+MARKER = "Permanent record of Avery Quinn-Marlowe, grade 7"
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Keyring:
+    return Keyring.create(tmp_path / "keys" / "keyring.json", now=NOW)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "objects")
+    s3: S3ObjectStore = request.getfixturevalue("s3_store")
+    return s3
+
+
+@pytest.fixture
+def vault(store: ObjectStore, keyring: Keyring, tmp_path: Path) -> Vault:
+    return Vault(
+        store, keyring, max_bytes=8 * 1024 * 1024, spool_dir=tmp_path, memory_spool_bytes=64 * 1024
+    )
+
+
+def new_identity() -> tuple[ObjectIdentity, str]:
+    identity = ObjectIdentity(document_id=str(uuid.uuid4()), version_id=str(uuid.uuid4()))
+    return identity, f"versions/{identity.version_id}"
+
+
+def read_all(vault: Vault, stored: StoredFile, identity: ObjectIdentity) -> bytes:
+    ref = SealedRef(
+        stored.object_key, identity, stored.wrapped_dek, stored.key_id, stored.key_version
+    )
+    return b"".join(vault.open_file(ref))
+
+
+def stored_keys(store: ObjectStore) -> list[str]:
+    return [info.key for info in store.list("")]
+
+
+@pytest.mark.parametrize(
+    ("filename", "make", "mime", "pages"),
+    [
+        ("report-card.pdf", lambda: samples.make_pdf(pages=4, text=MARKER), "application/pdf", 4),
+        ("scan.jpg", samples.make_jpeg, "image/jpeg", 1),
+        ("scan.png", samples.make_png, "image/png", 1),
+        ("scan.tiff", lambda: samples.make_tiff(pages=3), "image/tiff", 3),
+    ],
+)
+def test_round_trip(vault: Vault, filename: str, make: object, mime: str, pages: int) -> None:
+    data = make()  # type: ignore[operator]
+    identity, key = new_identity()
+    stored = vault.store_file(io.BytesIO(data), filename, identity, key)
+    assert (stored.mime_type, stored.page_count, stored.size) == (mime, pages, len(data))
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.filename == filename
+    assert vault.store.head(key).size == stored.stored_size > stored.size
+    assert read_all(vault, stored, identity) == data
+
+
+def test_a_large_scan_spills_to_an_encrypted_spool(vault: Vault) -> None:
+    data = samples.make_pdf(pages=2, text=MARKER)
+    big = samples.make_tiff(pages=40, width=256, height=256)
+    assert len(big) > 64 * 1024
+    identity, key = new_identity()
+    stored = vault.store_file(io.BytesIO(big), "big.tif", identity, key)
+    assert read_all(vault, stored, identity) == big
+    assert data  # the small one goes through memory only
+    identity2, key2 = new_identity()
+    assert (
+        read_all(vault, vault.store_file(io.BytesIO(data), "a.pdf", identity2, key2), identity2)
+        == data
+    )
+
+
+@pytest.mark.parametrize(
+    ("filename", "make", "reason"),
+    [
+        ("empty.pdf", lambda: b"", "empty"),
+        ("js.pdf", samples.pdf_with_open_action_javascript, "pdf_javascript"),
+        ("locked.pdf", samples.encrypted_pdf, "pdf_encrypted"),
+        ("page.pdf", samples.html_document, "unsupported_type"),
+        ("photo.png", samples.make_jpeg, "extension_mismatch"),
+        ("cut.pdf", samples.truncated_pdf, "pdf_unreadable"),
+        ("evil\u202efdp.pdf", samples.make_pdf, "bad_filename"),
+    ],
+)
+def test_rejected_files_leave_nothing_stored(
+    vault: Vault, filename: str, make: object, reason: str
+) -> None:
+    identity, key = new_identity()
+    with pytest.raises(ContentRejected) as raised:
+        vault.store_file(io.BytesIO(make()), filename, identity, key)  # type: ignore[operator]
+    assert raised.value.reason == reason
+    assert stored_keys(vault.store) == []
+
+
+class CountingStream(io.RawIOBase):
+    """An endless upload that counts how much of it was read."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        buffer[:] = b"%" * len(buffer)
+        self.read_bytes += len(buffer)
+        return len(buffer)
+
+
+def test_oversized_upload_is_refused_while_streaming(vault: Vault) -> None:
+    source = CountingStream()
+    identity, key = new_identity()
+    with pytest.raises(UploadTooLarge):
+        vault.store_file(source, "huge.pdf", identity, key)  # type: ignore[arg-type]
+    assert source.read_bytes <= vault.max_bytes + 1024 * 1024
+    assert stored_keys(vault.store) == []
+
+
+class FailingReader(io.RawIOBase):
+    def __init__(self, inner: io.RawIOBase, fail_after: int) -> None:
+        self.inner, self.left = inner, fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        if self.left <= 0:
+            raise OSError("connection reset while uploading")
+        data = self.inner.read(min(size, self.left) if size >= 0 else self.left)
+        self.left -= len(data or b"")
+        return data or b""
+
+
+def test_a_failure_during_put_leaves_no_object(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encrypted stream breaks halfway through the upload to the store."""
+    import storage.ingest as ingest
+
+    real = ingest.EncryptingReader
+
+    def breaking(*args: object, **kwargs: object) -> FailingReader:
+        return FailingReader(real(*args, **kwargs), fail_after=200 * 1024)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest, "EncryptingReader", breaking)
+    data = samples.make_tiff(pages=30, width=256, height=256)
+    identity, key = new_identity()
+    with pytest.raises(Exception, match="connection reset"):
+        vault.store_file(io.BytesIO(data), "scan.tif", identity, key)
+    with pytest.raises(ObjectNotFound):
+        vault.store.head(key)
+    assert stored_keys(vault.store) == []
+
+
+def test_wrong_identity_or_tampering_is_an_integrity_error(vault: Vault) -> None:
+    data = samples.make_pdf(pages=2)
+    identity, key = new_identity()
+    stored = vault.store_file(io.BytesIO(data), "a.pdf", identity, key)
+    other = ObjectIdentity(document_id=identity.document_id, version_id=str(uuid.uuid4()))
+    with pytest.raises(IntegrityError):
+        read_all(vault, stored, other)
+    with vault.store.open(key) as fh:
+        raw = bytearray(fh.read())
+    raw[-5] ^= 0x01
+    vault.store.put(key, io.BytesIO(bytes(raw)), len(raw))
+    with pytest.raises(IntegrityError):
+        read_all(vault, stored, identity)
+
+
+@pytest.mark.s3
+def test_the_raw_bucket_holds_ciphertext_only(
+    s3_store: S3ObjectStore,
+    keyring: Keyring,
+    minio_client: Minio,
+    s3_bucket: str,
+    s3_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """An independent client reads what is really stored: no plaintext anywhere."""
+    vault = Vault(s3_store, keyring, max_bytes=8 * 1024 * 1024, spool_dir=tmp_path)
+    uploads = {
+        "record.pdf": samples.make_pdf(pages=3, text=MARKER),
+        "scan.png": samples.make_png(),
+        "scan.tif": samples.make_tiff(pages=2),
+    }
+    for name, data in uploads.items():
+        identity, key = new_identity()
+        vault.store_file(io.BytesIO(data), name, identity, key)
+    objects = list(minio_client.list_objects(s3_bucket, prefix=s3_prefix, recursive=True))
+    assert len(objects) == len(uploads)
+    for item in objects:
+        response = minio_client.get_object(s3_bucket, item.object_name)
+        try:
+            raw = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        assert raw.startswith(b"STCH")
+        assert b"%PDF-" not in raw and b"\x89PNG" not in raw and b"II*\x00" not in raw
+        assert MARKER.encode() not in raw and b"Avery" not in raw
+        for data in uploads.values():
+            assert data[64:128] not in raw
+
+
+def test_spool_reads_back_exactly_at_any_offset(tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    spool = EncryptedSpool(memory_limit=1000, directory=tmp_path)
+    for start in range(0, len(payload), 7001):
+        spool.write(payload[start : start + 7001])
+    for offset in (0, 1, 15, 16, 17, 999, 1000, 123_457, len(payload) - 3):
+        spool.seek(offset)
+        assert spool.read(5000) == payload[offset : offset + 5000]
+    spool.seek(0)
+    assert spool.read() == payload
+    spool.close()
+    assert list(tmp_path.iterdir()) == []  # the spill file was never linked in the directory
+
+
+def test_spool_file_on_disk_is_not_plaintext(tmp_path: Path) -> None:
+    spool = EncryptedSpool(memory_limit=10, directory=tmp_path)
+    spool.write(MARKER.encode() * 100)
+    assert spool._file is not None
+    spool._file.seek(0)
+    assert MARKER.encode() not in spool._file.read()
+    spool.close()
+
+
+class PatternStream(io.RawIOBase):
+    """``size`` bytes of a PDF-free pattern, generated on the fly (nothing held)."""
+
+    def __init__(self, prefix: bytes, size: int) -> None:
+        self.prefix, self.size, self.sent = prefix, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.size - self.sent)
+        if count <= 0:
+            return 0
+        chunk = bytearray(count)
+        if self.sent < len(self.prefix):
+            head = self.prefix[self.sent : self.sent + count]
+            chunk[: len(head)] = head
+        buffer[:count] = chunk
+        self.sent += count
+        return count
+
+
+def _tiff_header_for(size: int) -> bytes:
+    """A one-page TIFF whose single strip is the rest of the file (zeros)."""
+    import struct
+
+    entries = [
+        (256, 4, 1, 1024),
+        (257, 4, 1, (size - 256) // 1024),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 256),
+        (277, 3, 1, 1),
+        (279, 4, 1, size - 256),
+    ]
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries
+        )
+        + struct.pack("<I", 0)
+    )
+    header = b"II*\x00" + struct.pack("<I", 8) + ifd
+    return header + bytes(256 - len(header))
+
+
+@pytest.mark.slow
+def test_100_mb_round_trip_grows_memory_by_less_than_64_mb(
+    keyring: Keyring, tmp_path: Path
+) -> None:
+    size = 100 * 1024 * 1024
+    store = LocalObjectStore(tmp_path / "objects")
+    vault = Vault(store, keyring, max_bytes=size + 1, spool_dir=tmp_path)
+    identity, key = new_identity()
+    tracemalloc.start()
+    try:
+        stored = vault.store_file(
+            PatternStream(_tiff_header_for(size), size),  # type: ignore[arg-type]
+            "scan.tif",
+            identity,
+            key,
+        )
+        digest = hashlib.sha256()
+        total = 0
+        chunks: Iterator[bytes] = vault.open_file(
+            SealedRef(key, identity, stored.wrapped_dek, stored.key_id, stored.key_version)
+        )
+        for chunk in chunks:
+            digest.update(chunk)
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size == stored.size
+    assert digest.hexdigest() == stored.sha256
+    assert peak < 64 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB"
