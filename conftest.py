@@ -4,6 +4,7 @@ how many tests ran against each real service."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,22 @@ pytest_plugins: list[str] = [
     "tests.support.app",
     "tests.support.browser",
     "tests.support.s3",
+    "tests.support.people",
 ]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench", action="store_true", help="collect the benchmarks in tests/benchmarks"
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Benchmarks are measured by `make bench`, not run with the test suite."""
+    if "benchmarks" in collection_path.parts and not config.getoption("--bench"):
+        return True
+    return None
+
 
 SERVICE_MARKERS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "browser": "browser"}
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from folders.actor import Actor
+from folders.actor import Actor, RequestContext
 from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Role, User
 
@@ -146,6 +146,14 @@ class Accounts:
             if user is None:
                 raise NotFound()
             return _info(user)
+
+    def acting_as(self, email: str, context: RequestContext | None = None) -> Actor:
+        """An Actor for the active account ``email`` (the CLI's ``--as``); NotFound otherwise."""
+        with Session(self._engine) as session:
+            user = self._get(session, email)
+            if not user.active:
+                raise NotFound(f"The account {user.email} is disabled.")
+            return Actor(user.id, user.role, user.email, context or RequestContext())
 
     def _verify(self, stored: str, password: str) -> bool:
         try:

@@ -11,12 +11,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
 
+from argon2 import PasswordHasher
 from sqlalchemy import Engine
 
 from audit.checkpoint import CheckpointSigner
+from audit.log import AuditLog
 from config import Settings, StorageBackend
 from folders.accounts import Accounts
 from folders.db import make_engine
+from folders.documents import Documents
+from folders.grants import Grants
+from folders.keys import KeyManagement
+from folders.students import Students
+from storage.ingest import Vault
 from storage.keyring import Keyring
 from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore, make_s3_client
 
@@ -28,9 +35,16 @@ def utc_now() -> datetime:
 class Runtime:
     """Owns the engine, object store, keyring and audit signer for one process."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        password_hasher: PasswordHasher | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self._password_hasher = password_hasher
 
     @cached_property
     def engine(self) -> Engine:
@@ -51,8 +65,44 @@ class Runtime:
         )
 
     @cached_property
+    def vault(self) -> Vault:
+        return Vault(
+            self.store,
+            self.keyring,
+            max_bytes=self.settings.max_upload_bytes,
+            spool_dir=self.settings.data_dir / "tmp",
+        )
+
+    @cached_property
+    def audit_log(self) -> AuditLog:
+        return AuditLog(
+            self.engine,
+            self.signer,
+            self.store,
+            self.clock,
+            origin=self.settings.audit_origin,
+            retention_days=self.settings.audit_checkpoint_retention_days,
+        )
+
+    @cached_property
     def accounts(self) -> Accounts:
-        return Accounts(self.engine, self.clock)
+        return Accounts(self.engine, self.clock, self._password_hasher)
+
+    @cached_property
+    def students(self) -> Students:
+        return Students(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def documents(self) -> Documents:
+        return Documents(self.engine, self.audit_log, self.vault, self.clock)
+
+    @cached_property
+    def grants(self) -> Grants:
+        return Grants(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def keys(self) -> KeyManagement:
+        return KeyManagement(self.engine, self.keyring, self.store, self.audit_log, self.clock)
 
     def close(self) -> None:
         """Release pooled connections (engine only; other parts hold no sockets open)."""

@@ -30,7 +30,7 @@ set +a
 
 if [ "${1:-}" = "--bench" ]; then
   shift
-  .venv/bin/pytest tests/benchmarks -p no:randomly -s "$@"
+  .venv/bin/pytest --bench tests/benchmarks -s "$@"
   exit
 fi
 

@@ -7,57 +7,31 @@ Exit codes: 0 success, 1 a check or operation failed, 2 usage or configuration e
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, with_appcontext
 
-from audit.errors import AuditError
 from config import ConfigError, Settings
 from folders.actor import Actor
 from folders.bootstrap import initialize
 from folders.db import current_revision, upgrade
 from folders.doctor import run_checks
-from folders.errors import FoldersError
 from folders.models import Role
-from folders.runtime import Runtime
-from storage.errors import StorageError
-from web.context import runtime as app_runtime
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from web.cli_audit import audit_cli
+from web.cli_ingest import folder, ingest
+from web.cli_keys import keys
+from web.cli_records import demo, grant, student
+from web.cli_roster import roster
+from web.cli_support import reports_errors, runtime
 
 
 def _create_app() -> Flask:
     from web.app import create_app
 
     return create_app(Settings.load())
-
-
-def runtime() -> Runtime:
-    """The app's Runtime, closed (connections released) when the command ends."""
-    current = app_runtime()
-    click.get_current_context().call_on_close(current.close)
-    return current
-
-
-def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn Satchel's errors into a one-line message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except (FoldersError, StorageError, AuditError) as e:
-            detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
-            raise click.ClickException(detail) from e
-
-    return wrapper
 
 
 @click.group(
@@ -241,6 +215,17 @@ def user_disable(email: str) -> None:
     """Disable EMAIL so it can no longer log in."""
     info = runtime().accounts.disable(Actor.operator(), email)
     click.echo(f"disabled {info.email}")
+
+
+cli.add_command(demo)
+cli.add_command(student)
+cli.add_command(grant)
+cli.add_command(keys)
+cli.add_command(ingest)
+cli.add_command(folder)
+cli.add_command(roster)
+
+cli.add_command(audit_cli)
 
 
 def main() -> None:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
-from config import Settings
-from folders.actor import Actor
-from folders.bootstrap import initialize
+from config import Settings, StorageBackend
 from folders.models import Role
-from folders.runtime import Runtime
-from web.app import create_app
+
+if TYPE_CHECKING:
+    from folders.runtime import Runtime
+    from tests.support.s3 import S3Service
 
 PASSWORD = "correct horse battery staple"
 
@@ -26,15 +28,49 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
+def s3_settings(
+    settings: Settings, s3_server: S3Service, s3_bucket: str, s3_prefix: str
+) -> Settings:
+    """The test's settings with objects on the real S3 server, under the test's prefix."""
+    return settings.replace(
+        storage_backend=StorageBackend.S3,
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_bucket=s3_bucket,
+        s3_prefix=s3_prefix,
+        s3_region=s3_server.region,
+        s3_access_key_id=s3_server.access_key,
+        s3_secret_access_key=s3_server.secret_key,
+    )
+
+
+def _initialized_runtime(settings: Settings) -> Iterator[Runtime]:
+    # Imported here so that collecting tests does not import the whole application.
+    from folders.bootstrap import initialize
+    from folders.runtime import Runtime
+
+    # Real Argon2id, with cheap parameters: the default costs 0.2 s per hash.
+    runtime = Runtime(settings, password_hasher=PasswordHasher(time_cost=1, memory_cost=1024))
     initialize(runtime)
     yield runtime
     runtime.close()
 
 
 @pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """An initialised runtime: keys, schema, local object store."""
+    yield from _initialized_runtime(settings)
+
+
+@pytest.fixture
+def s3_runtime(s3_settings: Settings) -> Iterator[Runtime]:
+    """An initialised runtime whose objects go to the real S3 server."""
+    yield from _initialized_runtime(s3_settings)
+
+
+@pytest.fixture
 def app(runtime: Runtime) -> Flask:
+    from web.app import create_app
+
     app = create_app(runtime=runtime)
     app.testing = True
     return app
@@ -59,6 +95,8 @@ class AuthActions:
         self._runtime = runtime
 
     def create(self, email: str, role: Role, password: str = PASSWORD) -> None:
+        from folders.actor import Actor
+
         self._runtime.accounts.add_user(Actor.operator(), email, role, password=password)
 
     def login(self, email: str, password: str = PASSWORD) -> int:

@@ -1,0 +1,43 @@
+"""Building audit events from an actor and the ids involved."""
+
+from __future__ import annotations
+
+import uuid
+
+from audit.events import Action, Event, Outcome
+from folders.actor import Actor
+
+
+def _id(value: uuid.UUID | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def event_for(
+    actor: Actor,
+    action: Action,
+    outcome: Outcome = Outcome.ALLOWED,
+    *,
+    student_id: uuid.UUID | None = None,
+    document_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+    grant_id: uuid.UUID | None = None,
+    purpose: str | None = None,
+    detail: str | None = None,
+) -> Event:
+    """An event carrying the actor, the request context and the ids involved."""
+    return Event(
+        action=action,
+        outcome=outcome,
+        actor_id=_id(actor.user_id),
+        actor_role=actor.role.value if actor.role is not None else "operator",
+        actor_email=actor.email,
+        student_id=_id(student_id),
+        document_id=_id(document_id),
+        version_id=_id(version_id),
+        grant_id=_id(grant_id),
+        purpose=purpose,
+        detail=detail,
+        request_id=actor.context.request_id,
+        client_address=actor.context.client_address,
+        user_agent=actor.context.user_agent,
+    )

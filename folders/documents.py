@@ -1,0 +1,505 @@
+"""Documents and their versions: upload, correct, list, and open (policy → audit → bytes)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import BinaryIO
+
+from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.orm import Session
+
+from audit.events import Action, Event, Outcome
+from audit.log import AuditLog
+from folders.actor import Actor
+from folders.auditing import event_for
+from folders.categories import Category
+from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.models import (
+    Document,
+    DocumentVersion,
+    Grant,
+    Guardianship,
+    Role,
+    Student,
+)
+from folders.policy import GrantFacts, GuardianLink, Permission, Resource, decide
+from folders.students import clean_text
+from storage.envelope import ObjectIdentity
+from storage.errors import StorageError
+from storage.ingest import SealedRef, StoredFile, Vault
+
+_SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
+OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: uuid.UUID
+    number: int
+    size: int
+    sha256: str
+    mime_type: str
+    page_count: int
+    filename: str
+    uploaded_at: datetime
+    uploaded_by: uuid.UUID
+    shredded: bool
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: uuid.UUID
+    student_id: uuid.UUID
+    category: Category
+    title: str
+    school_year: str | None
+    effective_date: date | None
+    created_at: datetime
+    versions: tuple[VersionInfo, ...]  # newest first
+
+    @property
+    def current(self) -> VersionInfo:
+        return self.versions[0]
+
+
+@dataclass(frozen=True)
+class SharedDocument:
+    """A document a guardian may see, with its current version only."""
+
+    document: DocumentInfo
+    student_name: str
+    updated_at: datetime  # when the current version was uploaded
+
+
+@dataclass(frozen=True)
+class OpenedVersion:
+    document: DocumentInfo
+    version: VersionInfo
+    chunks: Iterator[bytes]
+
+
+def check_school_year(value: str | None) -> str | None:
+    """``YYYY-YYYY`` with consecutive years, or None; InvalidInput otherwise."""
+    if value is None or not value.strip():
+        return None
+    match = _SCHOOL_YEAR.match(value.strip())
+    if not match or int(match.group(2)) != int(match.group(1)) + 1:
+        raise InvalidInput(f"The school year must look like 2025-2026, not {value!r}.")
+    return value.strip()
+
+
+def parse_category(value: str | Category) -> Category:
+    try:
+        return Category(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in Category)
+        raise InvalidInput(f"Unknown category {value!r}; use one of: {choices}.") from None
+
+
+class Documents:
+    """Use cases on documents. Every read is decided by the policy and audited first."""
+
+    def __init__(
+        self, engine: Engine, audit: AuditLog, vault: Vault, clock: Callable[[], datetime]
+    ) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._vault = vault
+        self._clock = clock
+
+    # Writing ----------------------------------------------------------------------------
+
+    def upload(
+        self,
+        actor: Actor,
+        student_id: uuid.UUID,
+        stream: BinaryIO,
+        filename: str,
+        *,
+        category: Category | str,
+        title: str,
+        school_year: str | None = None,
+        effective_date: date | None = None,
+        ingest_key: str | None = None,
+    ) -> DocumentInfo:
+        """Store a new document with its first version.
+
+        ``ingest_key`` (bulk ingest, ``folders.bulk``) is recorded on the document in the
+        same transaction; a key already recorded makes the database refuse the document
+        (sqlalchemy's IntegrityError).
+        Raises Forbidden (not a registrar), NotFound (student), InvalidInput (metadata),
+        ContentRejected/UploadTooLarge (the file), StorageUnavailable, AuditUnavailable.
+        Nothing is stored — no object, no row — when it raises.
+        """
+        self._require(actor, Permission.MANAGE_FOLDER)
+        document = Document(
+            id=uuid.uuid4(),
+            student_id=student_id,
+            category=parse_category(category),
+            title=clean_text(title, "title", max_length=200),
+            school_year=check_school_year(school_year),
+            effective_date=effective_date,
+            created_by=_uploader(actor),
+            created_at=self._clock(),
+            ingest_key=ingest_key,
+        )
+        with Session(self._engine) as session:
+            if session.get(Student, student_id) is None:
+                raise NotFound("No such student.")
+        version_id = uuid.uuid4()
+        stored = self._store(stream, filename, document.id, version_id)
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                session.add(document)
+                version = self._version_row(actor, document.id, version_id, 1, stored)
+                session.add(version)
+                session.flush()
+                self._audit.append(
+                    session,
+                    event_for(
+                        actor,
+                        Action.DOCUMENT_UPLOAD,
+                        student_id=student_id,
+                        document_id=document.id,
+                        version_id=version_id,
+                        detail=f"{document.category.value}: {document.title}",
+                    ),
+                )
+                info = _document_info(document, [version])
+        except BaseException:
+            self._vault.store.delete(stored.object_key)
+            raise
+        self._audit.maybe_checkpoint()
+        return info
+
+    def upload_version(
+        self, actor: Actor, document_id: uuid.UUID, stream: BinaryIO, filename: str
+    ) -> DocumentInfo:
+        """Store a corrected file as the document's next version; older versions stay."""
+        self._require(actor, Permission.MANAGE_FOLDER)
+        with Session(self._engine) as session:
+            if session.get(Document, document_id) is None:
+                raise NotFound("No such document.")
+        version_id = uuid.uuid4()
+        stored = self._store(stream, filename, document_id, version_id)
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                document = session.get(Document, document_id, with_for_update=True)
+                assert document is not None
+                number = (
+                    session.scalar(
+                        select(func.max(DocumentVersion.number)).where(
+                            DocumentVersion.document_id == document_id
+                        )
+                    )
+                    or 0
+                ) + 1
+                session.add(self._version_row(actor, document_id, version_id, number, stored))
+                session.flush()
+                self._audit.append(
+                    session,
+                    event_for(
+                        actor,
+                        Action.DOCUMENT_VERSION,
+                        student_id=document.student_id,
+                        document_id=document_id,
+                        version_id=version_id,
+                        detail=f"version {number}",
+                    ),
+                )
+                info = _document_info(document, self._versions(session, document_id))
+        except BaseException:
+            self._vault.store.delete(stored.object_key)
+            raise
+        self._audit.maybe_checkpoint()
+        return info
+
+    # Reading ----------------------------------------------------------------------------
+
+    def list_folder(self, actor: Actor, student_id: uuid.UUID) -> list[DocumentInfo]:
+        """Every document of a student with all versions (staff); audited as a folder view."""
+        self._require(actor, Permission.LIST_FOLDER)
+        with Session(self._engine) as session:
+            if session.get(Student, student_id) is None:
+                raise NotFound("No such student.")
+            documents = session.scalars(
+                select(Document)
+                .where(Document.student_id == student_id)
+                .order_by(Document.category, Document.created_at.desc())
+            ).all()
+            versions = self._versions_by_document(session, [d.id for d in documents])
+            result = [_document_info(d, versions.get(d.id, [])) for d in documents]
+        self._audit.record(event_for(actor, Action.FOLDER_VIEW, student_id=student_id))
+        return result
+
+    def shared_with(self, actor: Actor) -> list[SharedDocument]:
+        """What a guardian may see now, newest first. Each item is confirmed by the policy."""
+        if actor.role is not Role.GUARDIAN or actor.user_id is None:
+            raise Forbidden()
+        now = self._clock()
+        with Session(self._engine) as session:
+            grants = session.scalars(
+                select(Grant).where(Grant.guardian_id == actor.user_id, Grant.revoked_at.is_(None))
+            ).all()
+            by_student: dict[uuid.UUID, list[Grant]] = {}
+            for grant in grants:
+                by_student.setdefault(grant.student_id, []).append(grant)
+            links = self._links(session, actor.user_id, list(by_student))
+            candidates = session.scalars(
+                select(Document).where(Document.student_id.in_(list(by_student)))
+            ).all()
+            versions = self._versions_by_document(session, [d.id for d in candidates])
+            names = {
+                s.id: f"{s.given_name} {s.family_name}"
+                for s in session.scalars(select(Student).where(Student.id.in_(list(by_student))))
+            }
+            shared = []
+            for document in candidates:
+                resource = Resource(
+                    student_id=document.student_id,
+                    document_id=document.id,
+                    category=document.category,
+                    link=links.get(document.student_id),
+                    grants=tuple(_grant_facts(g) for g in by_student[document.student_id]),
+                )
+                current = versions.get(document.id, [])[:1]
+                if current and decide(actor, Permission.VIEW_DOCUMENT, resource, now).allowed:
+                    info = _document_info(document, current)
+                    shared.append(
+                        SharedDocument(info, names[document.student_id], current[0].uploaded_at)
+                    )
+        shared.sort(key=lambda s: s.updated_at, reverse=True)
+        return shared
+
+    def open(
+        self,
+        actor: Actor,
+        document_id: uuid.UUID,
+        *,
+        version_id: uuid.UUID | None = None,
+        action: Action = Action.DOCUMENT_DOWNLOAD,
+        purpose: str | None = None,
+    ) -> OpenedVersion:
+        """Decide, authenticate, audit, then hand out the plaintext stream.
+
+        Guardians get the current version only; staff may name any version and must
+        give a purpose. The audit event is committed before the stream is returned.
+        Raises NotFound (missing or not permitted: the same answer), InvalidInput
+        (no purpose), IntegrityError/StorageUnavailable, AuditUnavailable.
+        """
+        if action not in OPEN_ACTIONS:
+            raise ValueError(f"{action} is not a way to open a document")
+        is_staff = actor.role is not Role.GUARDIAN
+        reason = clean_text(purpose or "", "purpose", max_length=200, required=False)
+        if is_staff and not actor.is_operator and reason is None:
+            raise InvalidInput("Staff must give a purpose for opening a record.")
+        now = self._clock()
+        with Session(self._engine) as session:
+            document = session.get(Document, document_id)
+            versions = self._versions(session, document_id) if document else []
+            version = (
+                next((v for v in versions if v.id == version_id), None)
+                if (version_id)
+                else (versions[0] if versions else None)
+            )
+            resource = Resource()
+            if document is not None:
+                resource = self._resource(session, actor, document)
+            if document is not None and not is_staff and version is not versions[0]:
+                version = None  # SECURITY: guardians see the current version only
+        decision = decide(actor, Permission.VIEW_DOCUMENT, resource, now)
+        if document is None or version is None or not decision.allowed:
+            self._audit.record(
+                event_for(
+                    actor,
+                    Action.ACCESS_DENIED,
+                    Outcome.DENIED,
+                    student_id=document.student_id if document else None,
+                    document_id=document_id,
+                    version_id=version_id,
+                    detail=f"{action.value}: {decision.reason.value}"
+                    if document
+                    else f"{action.value}: no such document or version",
+                )
+            )
+            if is_staff and document is not None and not decision.allowed:
+                raise Forbidden()
+            raise NotFound()
+        if version.wrapped_dek is None:
+            raise NotFound("This version was destroyed under the retention schedule.")
+        ref = SealedRef(
+            version.object_key,
+            ObjectIdentity(str(document.id), str(version.id)),
+            version.wrapped_dek,
+            version.key_id,
+            version.key_version,
+        )
+
+        def opened(outcome: Outcome, detail: str | None = None) -> Event:
+            return event_for(
+                actor,
+                action,
+                outcome,
+                student_id=document.student_id,
+                document_id=document.id,
+                version_id=version.id,
+                purpose=reason,
+                detail=detail,
+            )
+
+        try:
+            chunks = self._vault.open_file(ref)  # authenticates the whole object first
+        except StorageError as e:
+            self._audit.record(opened(Outcome.ERROR, str(e)[:300]))
+            raise
+        # SECURITY: fail closed: the event is committed before any byte is handed out.
+        self._audit.record(opened(Outcome.ALLOWED))
+        self._audit.maybe_checkpoint()
+        info = _document_info(document, versions)
+        return OpenedVersion(info, _version_info(version), chunks)
+
+    # Helpers ----------------------------------------------------------------------------
+
+    def _store(
+        self, stream: BinaryIO, filename: str, document_id: uuid.UUID, version_id: uuid.UUID
+    ) -> StoredFile:
+        identity = ObjectIdentity(str(document_id), str(version_id))
+        # Keys are random, never derived from names or filenames.
+        return self._vault.store_file(stream, filename, identity, f"versions/{uuid.uuid4()}")
+
+    def _version_row(
+        self,
+        actor: Actor,
+        document_id: uuid.UUID,
+        version_id: uuid.UUID,
+        number: int,
+        stored: StoredFile,
+    ) -> DocumentVersion:
+        return DocumentVersion(
+            id=version_id,
+            document_id=document_id,
+            number=number,
+            object_key=stored.object_key,
+            size=stored.size,
+            stored_size=stored.stored_size,
+            plaintext_sha256=stored.sha256,
+            mime_type=stored.mime_type,
+            page_count=stored.page_count,
+            original_filename=stored.filename,
+            format_version=stored.format_version,
+            wrapped_dek=stored.wrapped_dek,
+            key_id=stored.key_id,
+            key_version=stored.key_version,
+            uploaded_by=_uploader(actor),
+            uploaded_at=self._clock(),
+        )
+
+    def _require(self, actor: Actor, permission: Permission) -> None:
+        if not decide(actor, permission, Resource(), self._clock()).allowed:
+            raise Forbidden()
+
+    def _resource(self, session: Session, actor: Actor, document: Document) -> Resource:
+        if actor.role is not Role.GUARDIAN or actor.user_id is None:
+            return Resource(document.student_id, document.id, document.category)
+        grants = session.scalars(
+            select(Grant).where(
+                Grant.guardian_id == actor.user_id,
+                Grant.student_id == document.student_id,
+                or_(Grant.document_id.is_(None), Grant.document_id == document.id),
+            )
+        ).all()
+        link = self._links(session, actor.user_id, [document.student_id]).get(document.student_id)
+        return Resource(
+            document.student_id,
+            document.id,
+            document.category,
+            link=link,
+            grants=tuple(_grant_facts(g) for g in grants),
+        )
+
+    @staticmethod
+    def _links(
+        session: Session, guardian_id: uuid.UUID, student_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, GuardianLink]:
+        rows = session.scalars(
+            select(Guardianship).where(
+                Guardianship.guardian_id == guardian_id,
+                Guardianship.student_id.in_(student_ids),
+            )
+        ).all()
+        return {r.student_id: GuardianLink(r.restricted, r.ended_at) for r in rows}
+
+    @staticmethod
+    def _versions(session: Session, document_id: uuid.UUID) -> list[DocumentVersion]:
+        return list(
+            session.scalars(
+                select(DocumentVersion)
+                .where(DocumentVersion.document_id == document_id)
+                .order_by(DocumentVersion.number.desc())
+            )
+        )
+
+    @staticmethod
+    def _versions_by_document(
+        session: Session, document_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, list[DocumentVersion]]:
+        result: dict[uuid.UUID, list[DocumentVersion]] = {}
+        if not document_ids:
+            return result
+        rows = session.scalars(
+            select(DocumentVersion)
+            .where(DocumentVersion.document_id.in_(document_ids))
+            .order_by(DocumentVersion.document_id, DocumentVersion.number.desc())
+        )
+        for row in rows:
+            result.setdefault(row.document_id, []).append(row)
+        return result
+
+
+def _grant_facts(grant: Grant) -> GrantFacts:
+    return GrantFacts(
+        id=grant.id,
+        scope=grant.scope,
+        document_id=grant.document_id,
+        category=grant.category,
+        expires_at=grant.expires_at,
+        revoked_at=grant.revoked_at,
+    )
+
+
+def _version_info(v: DocumentVersion) -> VersionInfo:
+    return VersionInfo(
+        id=v.id,
+        number=v.number,
+        size=v.size,
+        sha256=v.plaintext_sha256,
+        mime_type=v.mime_type,
+        page_count=v.page_count,
+        filename=v.original_filename,
+        uploaded_at=v.uploaded_at,
+        uploaded_by=v.uploaded_by,
+        shredded=v.wrapped_dek is None,
+    )
+
+
+def _document_info(document: Document, versions: list[DocumentVersion]) -> DocumentInfo:
+    return DocumentInfo(
+        id=document.id,
+        student_id=document.student_id,
+        category=document.category,
+        title=document.title,
+        school_year=document.school_year,
+        effective_date=document.effective_date,
+        created_at=document.created_at,
+        versions=tuple(_version_info(v) for v in versions),
+    )
+
+
+def _uploader(actor: Actor) -> uuid.UUID:
+    if actor.user_id is None:
+        raise Forbidden("Uploads are made as a registrar account (use --as EMAIL).")
+    return actor.user_id

@@ -1,0 +1,266 @@
+"""Grants: a registrar shares a document, a category or a whole folder with a guardian."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from audit.events import Action
+from audit.log import AuditLog
+from folders.actor import Actor
+from folders.auditing import event_for
+from folders.categories import Category
+from folders.documents import parse_category
+from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.models import Document, Grant, GrantScope, Guardianship, Role, Student, User
+from folders.policy import Permission, Resource, decide
+from folders.students import clean_text
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class GrantInfo:
+    id: uuid.UUID
+    guardian_id: uuid.UUID
+    guardian_email: str
+    student_id: uuid.UUID
+    scope: GrantScope
+    document_id: uuid.UUID | None
+    document_title: str | None
+    category: Category | None
+    expires_at: datetime | None
+    reason: str | None
+    granted_by_email: str
+    granted_at: datetime
+    revoked_at: datetime | None
+    revoked_by_email: str | None
+    revoke_reason: str | None
+    status: GrantStatus
+
+    @property
+    def scope_label(self) -> str:
+        if self.scope is GrantScope.DOCUMENT:
+            return f"document: {self.document_title}"
+        if self.scope is GrantScope.CATEGORY:
+            assert self.category is not None
+            return f"category: {self.category.value}"
+        return "whole folder"
+
+
+def parse_scope(text: str) -> tuple[GrantScope, Category | None, uuid.UUID | None]:
+    """``folder`` | ``category:NAME`` | ``document:ID``; InvalidInput otherwise."""
+    kind, _, value = text.strip().partition(":")
+    if kind == "folder" and not value:
+        return GrantScope.FOLDER, None, None
+    if kind == "category" and value:
+        return GrantScope.CATEGORY, parse_category(value), None
+    if kind == "document" and value:
+        try:
+            return GrantScope.DOCUMENT, None, uuid.UUID(value)
+        except ValueError:
+            raise InvalidInput(f"Not a document id: {value!r}.") from None
+    raise InvalidInput(f"Scope must be folder, category:NAME or document:ID, not {text!r}.")
+
+
+class Grants:
+    """Grant and revoke guardian access; list a student's grants (registrars)."""
+
+    def __init__(self, engine: Engine, audit: AuditLog, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._clock = clock
+
+    def grant(
+        self,
+        actor: Actor,
+        guardian_email: str,
+        student_id: uuid.UUID,
+        scope: GrantScope,
+        *,
+        category: Category | None = None,
+        document_id: uuid.UUID | None = None,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> GrantInfo:
+        """Share with a guardian linked to the student (not restricted).
+
+        Raises Forbidden (not a registrar), NotFound (student, guardian, document),
+        InvalidInput (restricted or unlinked guardian, past expiry, scope mismatch),
+        AuditUnavailable (then no grant exists).
+        """
+        self._require(actor)
+        now = self._clock()
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput("The expiry date must be in the future.")
+        if (scope is GrantScope.CATEGORY) != (category is not None) or (
+            scope is GrantScope.DOCUMENT
+        ) != (document_id is not None):
+            raise InvalidInput("The scope does not match the category or document given.")
+        why = clean_text(reason or "", "reason", max_length=500, required=False)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            student = session.get(Student, student_id)
+            if student is None:
+                raise NotFound("No such student.")
+            guardian = session.scalar(
+                select(User).where(User.email == guardian_email.strip().lower())
+            )
+            if guardian is None or guardian.role is not Role.GUARDIAN:
+                raise NotFound(f"No guardian account with the email {guardian_email}.")
+            link = session.scalar(
+                select(Guardianship).where(
+                    Guardianship.guardian_id == guardian.id,
+                    Guardianship.student_id == student_id,
+                )
+            )
+            if link is None or link.ended_at is not None:
+                raise InvalidInput(f"{guardian.email} is not a guardian of this student.")
+            if link.restricted:
+                raise InvalidInput(
+                    f"{guardian.email} is restricted from this student's records "
+                    f"({link.restriction_reason}); nothing can be shared with them."
+                )
+            document = None
+            if document_id is not None:
+                document = session.get(Document, document_id)
+                if document is None or document.student_id != student_id:
+                    raise NotFound("No such document in this student's folder.")
+            grant = Grant(
+                guardian_id=guardian.id,
+                student_id=student_id,
+                scope=scope,
+                document_id=document_id,
+                category=category,
+                expires_at=expires_at,
+                reason=why,
+                granted_by=self._user_id(actor),
+                granted_at=now,
+            )
+            session.add(grant)
+            session.flush()
+            self._audit.append(
+                session,
+                event_for(
+                    actor,
+                    Action.GRANT_CREATE,
+                    student_id=student_id,
+                    document_id=document_id,
+                    grant_id=grant.id,
+                    detail=f"{guardian.email}: {_scope_text(scope, category, document)}"
+                    + (f" until {expires_at.isoformat()}" if expires_at else ""),
+                ),
+            )
+            info = self._info(session, grant)
+        self._audit.maybe_checkpoint()
+        return info
+
+    def revoke(self, actor: Actor, grant_id: uuid.UUID, reason: str) -> GrantInfo:
+        """Revoke a grant with a reason; takes effect on the guardian's next request.
+
+        Raises NotFound, InvalidInput (no reason, already revoked), AuditUnavailable.
+        """
+        self._require(actor)
+        why = clean_text(reason, "reason for revoking", max_length=500)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            grant = session.get(Grant, grant_id, with_for_update=True)
+            if grant is None:
+                raise NotFound("No such grant.")
+            if grant.revoked_at is not None:
+                raise InvalidInput("This grant is already revoked.")
+            grant.revoked_at = self._clock()
+            grant.revoked_by = self._user_id(actor)
+            grant.revoke_reason = why
+            session.flush()
+            self._audit.append(
+                session,
+                event_for(
+                    actor,
+                    Action.GRANT_REVOKE,
+                    student_id=grant.student_id,
+                    document_id=grant.document_id,
+                    grant_id=grant.id,
+                    detail=why,
+                ),
+            )
+            info = self._info(session, grant)
+        self._audit.maybe_checkpoint()
+        return info
+
+    def list_for_student(
+        self, actor: Actor, student_id: uuid.UUID, *, include_inactive: bool = False
+    ) -> list[GrantInfo]:
+        """The student's grants, newest first; only active ones unless asked."""
+        self._require(actor)
+        with Session(self._engine) as session:
+            if session.get(Student, student_id) is None:
+                raise NotFound("No such student.")
+            grants = session.scalars(
+                select(Grant)
+                .where(Grant.student_id == student_id)
+                .order_by(Grant.granted_at.desc())
+            ).all()
+            infos = [self._info(session, g) for g in grants]
+        return [g for g in infos if include_inactive or g.status is GrantStatus.ACTIVE]
+
+    def _require(self, actor: Actor) -> None:
+        if not decide(actor, Permission.MANAGE_GRANTS, Resource(), self._clock()).allowed:
+            raise Forbidden()
+
+    @staticmethod
+    def _user_id(actor: Actor) -> uuid.UUID:
+        if actor.user_id is None:
+            raise Forbidden("Grants are made as a registrar account (use --as EMAIL).")
+        return actor.user_id
+
+    def _info(self, session: Session, grant: Grant) -> GrantInfo:
+        ids = [i for i in (grant.guardian_id, grant.granted_by, grant.revoked_by) if i]
+        emails = {
+            row.id: row.email
+            for row in session.execute(select(User.id, User.email).where(User.id.in_(ids)))
+        }
+        document = session.get(Document, grant.document_id) if grant.document_id else None
+        now = self._clock()
+        if grant.revoked_at is not None:
+            status = GrantStatus.REVOKED
+        elif grant.expires_at is not None and grant.expires_at <= now:
+            status = GrantStatus.EXPIRED
+        else:
+            status = GrantStatus.ACTIVE
+        return GrantInfo(
+            id=grant.id,
+            guardian_id=grant.guardian_id,
+            guardian_email=emails[grant.guardian_id],
+            student_id=grant.student_id,
+            scope=grant.scope,
+            document_id=grant.document_id,
+            document_title=document.title if document else None,
+            category=grant.category,
+            expires_at=grant.expires_at,
+            reason=grant.reason,
+            granted_by_email=emails[grant.granted_by],
+            granted_at=grant.granted_at,
+            revoked_at=grant.revoked_at,
+            revoked_by_email=emails.get(grant.revoked_by) if grant.revoked_by else None,
+            revoke_reason=grant.revoke_reason,
+            status=status,
+        )
+
+
+def _scope_text(scope: GrantScope, category: Category | None, document: Document | None) -> str:
+    if scope is GrantScope.FOLDER:
+        return "whole folder"
+    if scope is GrantScope.CATEGORY:
+        assert category is not None
+        return f"category {category.value}"
+    assert document is not None
+    return f"document {document.title}"

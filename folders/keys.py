@@ -1,0 +1,207 @@
+"""Key operations over the stored versions: status, rotation (rewrap in SQL), retirement,
+and crypto-shredding of one version. Objects in the store are never rewritten."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from audit.events import Action
+from audit.log import AuditLog
+from folders.actor import Actor
+from folders.auditing import event_for
+from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.models import Document, DocumentVersion
+from folders.policy import Permission, Resource, decide
+from folders.students import clean_text
+from storage.envelope import ObjectIdentity
+from storage.keyring import Keyring
+from storage.objects import ObjectStore
+
+
+@dataclass(frozen=True)
+class KeyVersionStatus:
+    version: int
+    created_at: datetime
+    active: bool
+    retired: bool
+    destroyed: bool
+    data_keys: int  # document versions whose data key this version wraps
+
+
+@dataclass(frozen=True)
+class RewrapResult:
+    active_version: int
+    rewrapped: int
+    remaining: int
+
+
+class KeyManagement:
+    """Admin and operator key operations; every one is audited."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: Keyring,
+        store: ObjectStore,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._store = store
+        self._audit = audit
+        self._clock = clock
+
+    def status(self, actor: Actor) -> list[KeyVersionStatus]:
+        self._require(actor)
+        with Session(self._engine) as session:
+            counts: dict[int, int] = {
+                version: count
+                for version, count in session.execute(
+                    select(DocumentVersion.key_version, func.count())
+                    .where(DocumentVersion.wrapped_dek.is_not(None))
+                    .group_by(DocumentVersion.key_version)
+                )
+            }
+        return [
+            KeyVersionStatus(
+                version=info.version,
+                created_at=info.created_at,
+                active=info.active,
+                retired=info.retired,
+                destroyed=info.destroyed,
+                data_keys=counts.get(info.version, 0),
+            )
+            for info in self._keyring.status()
+        ]
+
+    def rotate(
+        self,
+        actor: Actor,
+        *,
+        resume: bool = False,
+        batch_size: int = 500,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RewrapResult:
+        """Add a new keyring version (unless ``resume``) and rewrap every data key under it.
+
+        Rewrapping commits in batches, so a crash loses at most one batch of work and
+        ``rotate(resume=True)`` carries on. ``progress(done, total)`` is called per batch.
+        """
+        self._require(actor)
+        if not resume:
+            info = self._keyring.rotate(now=self._clock())
+            self._audit.record(
+                event_for(actor, Action.KEY_ROTATE, detail=f"new key version {info.version}")
+            )
+        active = self._keyring.active_version
+        total = self._stale_count(active)
+        done = 0
+        while True:
+            with Session(self._engine) as session, session.begin():
+                rows = session.scalars(
+                    select(DocumentVersion)
+                    .where(
+                        DocumentVersion.key_version != active,
+                        DocumentVersion.wrapped_dek.is_not(None),
+                    )
+                    .order_by(DocumentVersion.id)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if not rows:
+                    break
+                for row in rows:
+                    assert row.wrapped_dek is not None
+                    context = ObjectIdentity(str(row.document_id), str(row.id)).encode()
+                    fresh = self._keyring.rewrap(
+                        row.wrapped_dek, row.key_id, row.key_version, context
+                    )
+                    row.wrapped_dek = fresh.wrapped
+                    row.key_id = fresh.key_id
+                    row.key_version = fresh.key_version
+                done += len(rows)
+            if progress is not None:
+                progress(done, total)
+        self._audit.record(
+            event_for(
+                actor,
+                Action.KEY_ROTATE,
+                detail=f"rewrapped {done} data keys under version {active}",
+            )
+        )
+        return RewrapResult(active, done, self._stale_count(active))
+
+    def retire_below(self, actor: Actor, min_version: int) -> None:
+        """Stop older keyring versions from decrypting; refused while they still wrap keys."""
+        self._require(actor)
+        with Session(self._engine) as session:
+            still = session.scalar(
+                select(func.count())
+                .select_from(DocumentVersion)
+                .where(
+                    DocumentVersion.key_version < min_version,
+                    DocumentVersion.wrapped_dek.is_not(None),
+                )
+            )
+        if still:
+            raise InvalidInput(
+                f"{still} data keys are still wrapped under versions below {min_version}; "
+                "run `satchel keys rotate --resume` first."
+            )
+        self._keyring.retire_below(min_version)
+        self._audit.record(
+            event_for(actor, Action.KEY_RETIRE, detail=f"minimum decryption version {min_version}")
+        )
+
+    def shred_version(self, actor: Actor, version_id: uuid.UUID, reason: str) -> None:
+        """Crypto-shred one document version: destroy its data key, then its object.
+
+        The metadata row stays (the audit trail refers to it); the content is gone for good.
+        """
+        self._require(actor)
+        why = clean_text(reason, "reason", max_length=500)
+        with Session(self._engine) as session, session.begin():
+            version = session.get(DocumentVersion, version_id, with_for_update=True)
+            if version is None or version.wrapped_dek is None:
+                raise NotFound("No such version, or it is already destroyed.")
+            document = session.get(Document, version.document_id)
+            assert document is not None
+            version.wrapped_dek = None
+            self._audit.append(
+                session,
+                event_for(
+                    actor,
+                    Action.KEY_SHRED,
+                    student_id=document.student_id,
+                    document_id=document.id,
+                    version_id=version.id,
+                    detail=why,
+                ),
+            )
+            object_key = version.object_key
+        self._store.delete(object_key)
+
+    def _stale_count(self, active: int) -> int:
+        with Session(self._engine) as session:
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(DocumentVersion)
+                    .where(
+                        DocumentVersion.key_version != active,
+                        DocumentVersion.wrapped_dek.is_not(None),
+                    )
+                )
+                or 0
+            )
+
+    def _require(self, actor: Actor) -> None:
+        if not decide(actor, Permission.MANAGE_KEYS, Resource(), self._clock()).allowed:
+            raise Forbidden()

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+
+import pytest
+
+from audit.events import Action
+from folders.categories import Category
+from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.models import GrantScope
+from folders.runtime import Runtime
+from storage.errors import ContentRejected
+from tests.support import samples
+from tests.support.people import Cast, upload_pdf
+
+
+def read(runtime: Runtime, cast: Cast, document_id: uuid.UUID, **kwargs: object) -> bytes:
+    opened = runtime.documents.open(cast.parent, document_id, **kwargs)  # type: ignore[arg-type]
+    return b"".join(opened.chunks)
+
+
+def actions(runtime: Runtime) -> list[str]:
+    return [e.event.action.value for e in reversed(runtime.audit_log.query(per_page=500).items)]
+
+
+def test_upload_then_staff_open_with_purpose(runtime: Runtime, cast: Cast) -> None:
+    info, data = upload_pdf(runtime, cast, cast.child)
+    assert info.current.sha256 == hashlib.sha256(data).hexdigest()
+    assert (info.current.number, info.current.page_count) == (1, 2)
+    opened = runtime.documents.open(
+        cast.registrar, info.id, action=Action.DOCUMENT_VIEW, purpose="educational interest"
+    )
+    assert b"".join(opened.chunks) == data
+    recorded = runtime.audit_log.query(per_page=1).items[0].event
+    assert (recorded.action, recorded.purpose) == (Action.DOCUMENT_VIEW, "educational interest")
+    assert recorded.document_id == str(info.id)
+
+
+def test_staff_must_give_a_purpose(runtime: Runtime, cast: Cast) -> None:
+    info, _ = upload_pdf(runtime, cast, cast.child)
+    with pytest.raises(InvalidInput, match="purpose"):
+        runtime.documents.open(cast.registrar, info.id)
+
+
+def test_compliance_and_admin_never_read_contents(runtime: Runtime, cast: Cast) -> None:
+    info, _ = upload_pdf(runtime, cast, cast.child)
+    for actor in (cast.compliance, cast.admin):
+        with pytest.raises(Forbidden):
+            runtime.documents.open(actor, info.id, purpose="curious")
+    assert actions(runtime)[-2:] == ["access.denied", "access.denied"]
+
+
+def test_only_registrars_upload(runtime: Runtime, cast: Cast) -> None:
+    for actor in (cast.parent, cast.compliance, cast.admin):
+        with pytest.raises(Forbidden):
+            runtime.documents.upload(
+                actor,
+                cast.child.id,
+                io.BytesIO(samples.make_pdf()),
+                "a.pdf",
+                category=Category.OTHER,
+                title="x",
+            )
+
+
+def test_rejected_upload_stores_nothing(runtime: Runtime, cast: Cast) -> None:
+    before = actions(runtime)
+    with pytest.raises(ContentRejected) as raised:
+        runtime.documents.upload(
+            cast.registrar,
+            cast.child.id,
+            io.BytesIO(samples.pdf_with_launch_action()),
+            "a.pdf",
+            category=Category.OTHER,
+            title="Booby-trapped",
+        )
+    assert raised.value.reason == "pdf_launch"
+    assert runtime.documents.list_folder(cast.registrar, cast.child.id) == []
+    assert list(runtime.store.list("")) == []
+    assert actions(runtime)[: len(before)] == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"title": "  "}, "title is required"),
+        ({"school_year": "2025-2027"}, "school year"),
+        ({"category": "gossip"}, "Unknown category"),
+    ],
+)
+def test_bad_metadata_is_refused_before_storing(
+    runtime: Runtime, cast: Cast, kwargs: dict[str, str], message: str
+) -> None:
+    args = {"category": Category.OTHER, "title": "Fine", "school_year": None} | kwargs
+    with pytest.raises(InvalidInput, match=message):
+        runtime.documents.upload(
+            cast.registrar, cast.child.id, io.BytesIO(samples.make_pdf()), "a.pdf", **args
+        )  # type: ignore[arg-type]
+    assert list(runtime.store.list("")) == []
+
+
+def test_unknown_student(runtime: Runtime, cast: Cast) -> None:
+    with pytest.raises(NotFound):
+        runtime.documents.upload(
+            cast.registrar,
+            uuid.uuid4(),
+            io.BytesIO(samples.make_pdf()),
+            "a.pdf",
+            category=Category.OTHER,
+            title="x",
+        )
+    assert list(runtime.store.list("")) == []
+
+
+def test_new_version_keeps_the_old_one_for_staff_only(runtime: Runtime, cast: Cast) -> None:
+    info, old = upload_pdf(runtime, cast, cast.child, text="first draft")
+    new = samples.make_pdf(pages=3, text="corrected")
+    updated = runtime.documents.upload_version(cast.registrar, info.id, io.BytesIO(new), "v2.pdf")
+    assert [v.number for v in updated.versions] == [2, 1]
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    assert read(runtime, cast, info.id) == new
+    with pytest.raises(NotFound):
+        read(runtime, cast, info.id, version_id=updated.versions[1].id)
+    staff = runtime.documents.open(
+        cast.registrar, info.id, version_id=updated.versions[1].id, purpose="correction review"
+    )
+    assert b"".join(staff.chunks) == old
+
+
+def test_guardian_sees_only_what_is_shared(runtime: Runtime, cast: Cast) -> None:
+    card, card_bytes = upload_pdf(runtime, cast, cast.child, "Report card", Category.REPORT_CARD)
+    iep, _ = upload_pdf(runtime, cast, cast.child, "IEP", Category.IEP)
+    upload_pdf(runtime, cast, cast.other_child, "Other family", Category.REPORT_CARD)
+    assert runtime.documents.shared_with(cast.parent) == []
+    with pytest.raises(NotFound):
+        read(runtime, cast, card.id)
+    runtime.grants.grant(
+        cast.registrar,
+        cast.parent.email,
+        cast.child.id,
+        GrantScope.CATEGORY,
+        category=Category.REPORT_CARD,
+    )
+    shared = runtime.documents.shared_with(cast.parent)
+    assert [s.document.id for s in shared] == [card.id]
+    assert shared[0].student_name == "Lucia Lopez"
+    assert read(runtime, cast, card.id) == card_bytes
+    with pytest.raises(NotFound):
+        read(runtime, cast, iep.id)
+    assert actions(runtime)[-2:] == ["document.download", "access.denied"]
+
+
+def test_folder_grant_covers_documents_added_later(runtime: Runtime, cast: Cast) -> None:
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    later, data = upload_pdf(runtime, cast, cast.child, "Added after the grant")
+    assert [s.document.id for s in runtime.documents.shared_with(cast.parent)] == [later.id]
+    assert read(runtime, cast, later.id) == data
+
+
+def test_other_family_cannot_read_by_id(runtime: Runtime, cast: Cast) -> None:
+    info, _ = upload_pdf(runtime, cast, cast.child)
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    with pytest.raises(NotFound):
+        runtime.documents.open(cast.other_parent, info.id)
+    with pytest.raises(NotFound):
+        runtime.documents.open(cast.other_parent, uuid.uuid4())
+    denied = runtime.audit_log.query(per_page=2).items
+    assert {e.event.action for e in denied} == {Action.ACCESS_DENIED}
+
+
+def test_revocation_and_restriction_take_effect_on_the_next_request(
+    runtime: Runtime, cast: Cast
+) -> None:
+    info, data = upload_pdf(runtime, cast, cast.child)
+    grant = runtime.grants.grant(
+        cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER
+    )
+    assert read(runtime, cast, info.id) == data
+    runtime.grants.revoke(cast.registrar, grant.id, "Shared by mistake")
+    with pytest.raises(NotFound):
+        read(runtime, cast, info.id)
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    assert read(runtime, cast, info.id) == data
+    runtime.students.restrict_guardian(
+        cast.registrar, cast.child.id, cast.parent.email, "Court order"
+    )
+    with pytest.raises(NotFound):
+        read(runtime, cast, info.id)
+    assert runtime.documents.shared_with(cast.parent) == []

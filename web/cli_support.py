@@ -1,0 +1,39 @@
+"""Shared pieces of the ``satchel`` commands: the Runtime and error reporting."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import click
+
+from audit.errors import AuditError
+from folders.errors import FoldersError
+from folders.runtime import Runtime
+from storage.errors import StorageError
+from web.context import runtime as app_runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def runtime() -> Runtime:
+    """The app's Runtime, closed (connections released) when the command ends."""
+    current = app_runtime()
+    click.get_current_context().call_on_close(current.close)
+    return current
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn Satchel's errors into a one-line message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (FoldersError, StorageError, AuditError) as e:
+            detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
+            raise click.ClickException(detail) from e
+
+    return wrapper
