@@ -19,3 +19,18 @@ class ProofError(AuditError):
     """An inclusion or consistency proof, or a checkpoint signature, did not verify."""
 
     public_message = "The audit proof did not verify."
+
+
+class SigningKeyError(AuditError):
+    """The checkpoint signing or verifying key is missing, unsafe or malformed.
+
+    ``path`` names the key file (as text) when there is one; ``str()`` holds operator
+    detail, ``public_message`` is safe to show.
+    """
+
+    public_message = "The audit signing key is not usable."
+
+    def __init__(self, reason: str, *, path: str | None = None) -> None:
+        super().__init__(reason if path is None else f"{path}: {reason}")
+        self.reason = reason
+        self.path = path
