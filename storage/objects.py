@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -424,6 +425,13 @@ class S3ObjectStore(ObjectStore):
             # SECURITY: COMPLIANCE, not GOVERNANCE: no identity, not even the bucket
             # owner, can shorten the retention or delete the version before it ends.
             extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
+        if size_hint is not None and size_hint <= self._threshold:
+            # Small objects: one PUT request, no transfer threads and no HEAD after it.
+            body = _read_up_to(stream, self._threshold + 1)
+            if len(body) <= self._threshold:
+                return self._put_small(key, full_key, body, extra)
+            # The size hint was wrong: stream the object after all.
+            stream = io.BufferedReader(_Prefixed(body, stream))
         chunksize = self._chunksize
         if size_hint is not None:
             # A non-seekable stream's size is unknown to s3transfer, so it cannot grow
@@ -444,6 +452,29 @@ class S3ObjectStore(ObjectStore):
         except (BotoCoreError, ClientError) as e:
             raise self._error(e, "write", key) from e
         return self.head(key)
+
+    def _put_small(
+        self, key: str, full_key: str, body: bytes, extra: dict[str, object]
+    ) -> ObjectInfo:
+        try:
+            response = self._client.put_object(
+                Bucket=self._bucket,
+                Key=full_key,
+                Body=body,
+                **extra,  # type: ignore[arg-type]
+            )
+        except (BotoCoreError, ClientError) as e:
+            raise self._error(e, "write", key) from e
+        headers = response["ResponseMetadata"].get("HTTPHeaders", {})
+        stamp = headers.get("last-modified") or headers.get("date")
+        return ObjectInfo(
+            key=key,
+            size=len(body),
+            etag=_etag(response.get("ETag")),
+            last_modified=(
+                parsedate_to_datetime(stamp).astimezone(UTC) if stamp else datetime.now(UTC)
+            ),
+        )
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -531,6 +562,42 @@ class S3ObjectStore(ObjectStore):
         if isinstance(error, NoCredentialsError):
             return StorageError(f"{self.description}: no S3 credentials are configured")
         return StorageError(f"{self.description}: cannot {what}: {error}")
+
+
+def _read_up_to(stream: BinaryIO, limit: int) -> bytes:
+    """Read until ``limit`` bytes or the end: a raw stream may return short reads."""
+    parts: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``tail``: undoes a read-ahead on a stream."""
+
+    def __init__(self, head: bytes, tail: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._tail = tail
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._tail.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 class _S3Body(io.RawIOBase):

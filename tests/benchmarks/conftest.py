@@ -1,0 +1,92 @@
+"""Benchmark plumbing: the scale, and one results table for the whole run.
+
+Every figure is a median over repeated, interleaved runs with its spread, and every
+speed is also given as a ratio to a baseline measured in the same run on the same
+services. `make bench` prints the table and writes ``var/bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+RESULTS = Path(os.environ.get("SATCHEL_BENCH_RESULTS", "var/bench/results.json"))
+
+
+def scale() -> str:
+    value = os.environ.get("SATCHEL_BENCH_SCALE", "small")
+    if value not in ("small", "full"):
+        raise pytest.UsageError(f"SATCHEL_BENCH_SCALE must be small or full, not {value!r}")
+    return value
+
+
+@dataclass
+class Figure:
+    key: str
+    value: float
+    unit: str
+    spread: str = ""
+    note: str = ""
+
+
+@dataclass
+class Results:
+    scale: str
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(
+        self,
+        key: str,
+        value: float,
+        unit: str,
+        *,
+        samples: list[float] | None = None,
+        note: str = "",
+    ) -> None:
+        spread = ""
+        if samples and len(samples) > 1:
+            spread = f"{min(samples):.4g}-{max(samples):.4g} (n={len(samples)})"
+        self.figures.append(Figure(key, round(value, 4), unit, spread, note))
+
+    def table(self) -> str:
+        lines = [
+            f"Satchel benchmarks, scale {self.scale}",
+            "",
+            "| key | median | unit | spread (min-max) | note |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{f.key}` | {f.value:.4g} | {f.unit} | {f.spread} | {f.note} |"
+            for f in self.figures
+        ]
+        return "\n".join(lines)
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+@pytest.fixture(scope="session")
+def results() -> Iterator[Results]:
+    collected = Results(scale())
+    yield collected
+    if not collected.figures:
+        return
+    print("\n" + collected.table() + "\n")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged = (
+        {f["key"]: f for f in previous.get("figures", [])}
+        if previous.get("scale") == collected.scale
+        else {}
+    )
+    merged |= {f.key: asdict(f) for f in collected.figures}
+    RESULTS.write_text(
+        json.dumps({"scale": collected.scale, "figures": list(merged.values())}, indent=2) + "\n"
+    )
