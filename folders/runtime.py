@@ -22,6 +22,7 @@ from folders.db import make_engine
 from folders.documents import Documents
 from folders.grants import Grants
 from folders.keys import KeyManagement
+from folders.roster import RosterImport
 from folders.students import Students
 from storage.ingest import Vault
 from storage.keyring import Keyring
@@ -99,6 +100,10 @@ class Runtime:
     @cached_property
     def grants(self) -> Grants:
         return Grants(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def roster(self) -> RosterImport:
+        return RosterImport(self.engine, self.audit_log, self.clock)
 
     @cached_property
     def keys(self) -> KeyManagement:
