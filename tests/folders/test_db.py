@@ -5,6 +5,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from folders.db import current_revision, head_revision, upgrade
+from audit.models import AuditBase
 from folders.models import Base
 
 
@@ -12,7 +13,7 @@ def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
     assert current_revision(engine) == head_revision(engine)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert compare_metadata(context, Base.metadata) == []
+        assert compare_metadata(context, [Base.metadata, AuditBase.metadata]) == []
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:

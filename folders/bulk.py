@@ -1,0 +1,835 @@
+"""Bulk ingest of digitized paper folders from a CSV manifest (``satchel ingest``).
+
+The manifest has the columns ``student_id, category, title, school_year, document_date,
+path`` (any order; ``path`` is relative to the manifest's directory). Each valid row is
+stored through the same pipeline as an upload in the browser (:meth:`Documents.upload`:
+inspection, encryption, the object store, the document rows and the audit event in one
+transaction). ``docs/bulk-ingest.md`` describes the design; in short:
+
+- **Idempotent.** Every row has an *ingest key*: the SHA-256 of its student, metadata and
+  file contents. It is stored on the document (``documents.ingest_key``, unique) in the
+  same transaction as the document, so a row whose key exists is "already stored", and
+  running a manifest again stores only what is missing.
+- **No orphans after a crash.** Before an object is put, an empty *intent marker* is put
+  under ``ingest-intents/<object key>``; it is removed once the row is settled. A run
+  killed between the put and the commit leaves the marker behind, and the next run
+  deletes each marked object that no version references, then the marker. Only that
+  small prefix is listed, never the whole bucket.
+- **One run at a time.** A run holds an exclusive lock (a PostgreSQL advisory lock, or a
+  lock file beside the SQLite database) that dies with its process, so recovery never
+  touches the markers of a live run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from audit.errors import AuditError
+from audit.log import AuditLog
+from folders.actor import Actor
+from folders.categories import Category
+from folders.documents import Documents, check_school_year, parse_category
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.models import Document, DocumentVersion
+from folders.policy import Permission, Resource, decide
+from folders.students import StudentInfo, Students, clean_text
+from storage.errors import ContentRejected, StorageError, StorageUnavailable
+from storage.ingest import Vault
+from storage.objects import ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+MANIFEST_COLUMNS = ("student_id", "category", "title", "school_year", "document_date", "path")
+REPORT_COLUMNS = ("line", *MANIFEST_COLUMNS, "reason", "detail")
+INTENT_PREFIX = "ingest-intents/"
+
+_KEY_DOMAIN = "satchel-ingest-key/1"
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MAX_PATH = 1024
+_HASH_CHUNK = 256 * 1024
+# Any two 64-bit numbers would do; this one is the start of SHA-256("satchel bulk ingest").
+_ADVISORY_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"satchel bulk ingest").digest()[:8], "big", signed=True
+)
+
+
+class ManifestError(InvalidInput):
+    """The manifest as a whole cannot be read (encoding, CSV syntax, header); nothing is
+    stored. Problems of single rows are reported per row instead."""
+
+
+class IngestBusy(Conflict):
+    """Another bulk ingest holds the lock on this database."""
+
+    public_message = (
+        "Another `satchel ingest` is running against this database; run again when it ends."
+    )
+
+
+class RowProblem(StrEnum):
+    """Why a row was not stored (besides the content inspection's own reason codes,
+    e.g. ``pdf_javascript`` or ``too_large``, which are reported unchanged)."""
+
+    MALFORMED_ROW = "malformed_row"
+    BAD_STUDENT_ID = "bad_student_id"
+    BAD_CATEGORY = "bad_category"
+    BAD_TITLE = "bad_title"
+    BAD_SCHOOL_YEAR = "bad_school_year"
+    BAD_DOCUMENT_DATE = "bad_document_date"
+    BAD_PATH = "bad_path"
+    UNKNOWN_STUDENT = "unknown_student"
+    FILE_UNREADABLE = "file_unreadable"
+    INVALID_DOCUMENT = "invalid_document"
+    # The run stopped (infrastructure failure or interruption) before the row was done.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    STORAGE_ERROR = "storage_error"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    DATABASE_ERROR = "database_error"
+    NOT_ATTEMPTED = "not_attempted"
+
+
+class RowOutcome(StrEnum):
+    STORED = "stored"
+    ALREADY_STORED = "already_stored"
+    REJECTED = "rejected"  # the row or its file is wrong: fix it, then run again
+    FAILED = "failed"  # the run could not finish it: run again as it is
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One valid manifest row. ``cells`` are the values as written, in
+    :data:`MANIFEST_COLUMNS` order; ``path`` is relative to ``base_dir``, the manifest's
+    directory."""
+
+    line: int
+    cells: tuple[str, ...]
+    student_id: str
+    category: Category
+    title: str
+    school_year: str | None
+    document_date: date | None
+    path: PurePosixPath
+    base_dir: Path
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What became of one manifest row. ``reason`` is a stable code, ``detail`` a
+    sentence for people; ``size`` counts the bytes stored by this run."""
+
+    line: int
+    cells: tuple[str, ...]
+    outcome: RowOutcome
+    reason: str | None = None
+    detail: str | None = None
+    document_id: uuid.UUID | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: the valid rows and the rows rejected while parsing."""
+
+    base_dir: Path
+    rows: tuple[ManifestRow, ...]
+    rejected: tuple[RowResult, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """The outcome of a run. ``unfinished_removed`` counts the uploads an interrupted
+    earlier run left uncommitted (their objects, where written, were deleted);
+    ``stopped_by`` says why this run ended early, if it did."""
+
+    results: tuple[RowResult, ...]
+    seconds: float
+    unfinished_removed: int
+    stopped_by: str | None
+
+    def count(self, outcome: RowOutcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row is stored now (by this run or an earlier one)."""
+        done = (RowOutcome.STORED, RowOutcome.ALREADY_STORED)
+        return all(r.outcome in done for r in self.results)
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(r.size for r in self.results)
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes_stored / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def not_stored(self) -> tuple[RowResult, ...]:
+        done = (RowOutcome.STORED, RowOutcome.ALREADY_STORED)
+        return tuple(
+            sorted((r for r in self.results if r.outcome not in done), key=lambda r: r.line)
+        )
+
+
+# Parsing ------------------------------------------------------------------------------
+
+
+def parse_manifest(data: bytes, base_dir: Path) -> Manifest:
+    """Parse a manifest's bytes (UTF-8, an optional byte-order mark, any line endings).
+
+    Every row is checked without touching the file system; bad rows come back in
+    ``rejected`` with a precise reason, and rows whose cells are all blank are skipped.
+    Raises ManifestError (and nothing else) when the manifest as a whole is unusable: not
+    UTF-8, not CSV, or a header that lacks, repeats or adds columns.
+    """
+    try:
+        decoded = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"The manifest is not UTF-8 text (byte {e.start} is invalid); save it as UTF-8 CSV."
+        ) from None
+    reader = csv.reader(io.StringIO(decoded, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ManifestError("The manifest is empty; it needs a header row.")
+        positions = _header_positions(header)
+        rows: list[ManifestRow] = []
+        rejected: list[RowResult] = []
+        line = reader.line_num + 1
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                parsed = _parse_row(line, cells, positions, len(header), base_dir)
+                if isinstance(parsed, ManifestRow):
+                    rows.append(parsed)
+                else:
+                    rejected.append(parsed)
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise ManifestError(
+            f"The manifest is not valid CSV near line {reader.line_num}: {e}."
+        ) from None
+    return Manifest(base_dir, tuple(rows), tuple(rejected))
+
+
+def _header_positions(header: list[str]) -> dict[str, int]:
+    names = [cell.strip().lower() for cell in header]
+    missing = [c for c in MANIFEST_COLUMNS if c not in names]
+    # Blank header cells (trailing commas from spreadsheets) name no column.
+    unknown = sorted({n for n in names if n and n not in MANIFEST_COLUMNS})
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unknown:
+        problems.append(f"unknown {', '.join(repr(u[:40]) for u in unknown[:5])}")
+    if repeated:
+        problems.append(f"repeated {', '.join(repr(r[:40]) for r in repeated[:5])}")
+    if problems:
+        raise ManifestError(
+            f"The manifest header must name the columns {', '.join(MANIFEST_COLUMNS)}: "
+            f"{'; '.join(problems)}."
+        )
+    return {name: names.index(name) for name in MANIFEST_COLUMNS}
+
+
+def _parse_row(
+    line: int, cells: list[str], positions: dict[str, int], width: int, base_dir: Path
+) -> ManifestRow | RowResult:
+    values = tuple(
+        cells[positions[c]] if positions[c] < len(cells) else "" for c in MANIFEST_COLUMNS
+    )
+    if len(cells) != width:
+        return RowResult(
+            line,
+            values,
+            RowOutcome.REJECTED,
+            RowProblem.MALFORMED_ROW.value,
+            f"The row has {len(cells)} cells; the header has {width}.",
+        )
+    cell = dict(zip(MANIFEST_COLUMNS, values, strict=True))
+    problem = RowProblem.BAD_STUDENT_ID
+    try:
+        student_id = clean_text(cell["student_id"], "student id", max_length=64)
+        problem = RowProblem.BAD_CATEGORY
+        category = _category(cell["category"])
+        problem = RowProblem.BAD_TITLE
+        title = clean_text(cell["title"], "title", max_length=200)
+        problem = RowProblem.BAD_SCHOOL_YEAR
+        school_year = _school_year(cell["school_year"])
+        problem = RowProblem.BAD_DOCUMENT_DATE
+        document_date = _document_date(cell["document_date"])
+        problem = RowProblem.BAD_PATH
+        path = _relative_path(cell["path"])
+    except InvalidInput as e:
+        return RowResult(line, values, RowOutcome.REJECTED, problem.value, e.public_message)
+    assert student_id is not None and title is not None  # required, so never None
+    return ManifestRow(
+        line, values, student_id, category, title, school_year, document_date, path, base_dir
+    )
+
+
+def _category(value: str) -> Category:
+    value = value.strip().lower()
+    if len(value) > 32:  # keeps the message short; no category is this long
+        raise InvalidInput(f"Unknown category {value[:32]!r}...")
+    return parse_category(value)
+
+
+def _school_year(value: str) -> str | None:
+    if len(value.strip()) > 9:
+        raise InvalidInput(f"The school year must look like 2025-2026, not {value[:20]!r}.")
+    return check_school_year(value)
+
+
+def _document_date(value: str) -> date | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not _DATE.fullmatch(value):
+        raise InvalidInput(f"The document date must look like 2025-09-01, not {value[:40]!r}.")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"The document date {value!r} is not a real date.") from None
+
+
+def _relative_path(value: str) -> PurePosixPath:
+    value = value.strip()
+    if not value:
+        raise InvalidInput("The path is required.")
+    if len(value) > _MAX_PATH:
+        raise InvalidInput(f"The path is longer than {_MAX_PATH} characters.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput("The path contains control characters.")
+    if "\\" in value:
+        raise InvalidInput("The path contains a backslash; separate folders with '/'.")
+    path = PurePosixPath(value)
+    # SECURITY: a manifest names files in its own directory tree only; the resolved
+    # path (symbolic links followed) is checked again before the file is opened.
+    if path.is_absolute():
+        raise InvalidInput("The path must be relative to the manifest's directory.")
+    if ".." in path.parts:
+        raise InvalidInput("The path may not contain '..'.")
+    return path
+
+
+def ingest_key(row: ManifestRow, sha256: str) -> str:
+    """The row's idempotency key: SHA-256 over a canonical JSON array of the student id,
+    category, title, school year, document date and the file's SHA-256."""
+    fields = [
+        _KEY_DOMAIN,
+        row.student_id,
+        row.category.value,
+        row.title,
+        row.school_year or "",
+        row.document_date.isoformat() if row.document_date else "",
+        sha256,
+    ]
+    canonical = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# The service ----------------------------------------------------------------------------
+
+
+class _RowRejected(Exception):
+    """Internal: this row cannot be stored, for the given reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class BulkIngest:
+    """Stores the rows of a manifest, in parallel, at most once each.
+
+    ``vault`` is the installation's vault; each row is stored through a
+    :class:`Documents` service over the same object store with intent markers added.
+    ``spool_dir`` is where that vault spills large files (encrypted), as configured for
+    the installation. ``monotonic`` and ``sleep`` time the run and the wait for the lock.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        audit: AuditLog,
+        vault: Vault,
+        students: Students,
+        clock: Callable[[], datetime],
+        *,
+        spool_dir: Path | None = None,
+        lock_wait_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._vault = vault
+        self._students = students
+        self._clock = clock
+        self._spool_dir = spool_dir
+        self._lock_wait = lock_wait_seconds
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._student_cache: dict[str, StudentInfo | None] = {}
+        self._cache_lock = threading.Lock()
+
+    # Whole runs -------------------------------------------------------------------------
+
+    def run(
+        self,
+        actor: Actor,
+        manifest: Manifest,
+        *,
+        workers: int = 4,
+        on_result: Callable[[RowResult], None] | None = None,
+    ) -> IngestSummary:
+        """Recover from an interrupted run, then store every row of ``manifest``.
+
+        ``on_result`` is called from this thread once per row, as rows finish. A row
+        problem rejects that row only. An unavailable object store, audit log or
+        database stops the run: rows in progress finish, the rest are reported as
+        failed, and running again resumes. Raises Forbidden (not a registrar account),
+        IngestBusy (another run holds the lock), and the infrastructure errors met
+        while recovering; an interruption (Ctrl-C) cancels the rows not started, lets
+        the started ones finish, and propagates.
+        """
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        if (
+            actor.user_id is None
+            or not decide(actor, Permission.MANAGE_FOLDER, Resource(), self._clock()).allowed
+        ):
+            raise Forbidden("Bulk ingest is done as a registrar account (use --as EMAIL).")
+        results: list[RowResult] = []
+
+        def emit(result: RowResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+        with self._cache_lock:
+            self._student_cache.clear()  # students added since the last run count
+        with self._exclusive():
+            removed = self.recover()
+            started = self._monotonic()
+            for rejection in manifest.rejected:
+                emit(rejection)
+            stopped_by = self._run_rows(actor, manifest, workers, emit)
+            seconds = self._monotonic() - started
+        return IngestSummary(tuple(results), seconds, removed, stopped_by)
+
+    def _run_rows(
+        self,
+        actor: Actor,
+        manifest: Manifest,
+        workers: int,
+        emit: Callable[[RowResult], None],
+    ) -> str | None:
+        stopped_by: str | None = None
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            futures: dict[Future[RowResult], ManifestRow] = {
+                pool.submit(self.ingest_one, actor, row): row for row in manifest.rows
+            }
+            try:
+                for future in as_completed(futures):
+                    row = futures[future]
+                    try:
+                        result = future.result()
+                    except CancelledError:
+                        result = _failed(
+                            row,
+                            RowProblem.NOT_ATTEMPTED,
+                            "The run stopped before this row was started.",
+                        )
+                    except (StorageError, AuditError, SQLAlchemyError, OSError) as e:
+                        problem, detail = _infrastructure_problem(e)
+                        result = _failed(row, problem, detail)
+                        if stopped_by is None:
+                            stopped_by = detail
+                            for pending in futures:
+                                pending.cancel()
+                    emit(result)
+            except BaseException:
+                # Ctrl-C or a bug: start nothing new; rows in progress finish (and are
+                # settled) while the pool shuts down, then the error propagates.
+                for pending in futures:
+                    pending.cancel()
+                raise
+        return stopped_by
+
+    def recover(self) -> int:
+        """Settle the intent markers an interrupted run left: delete each marked object
+        that no version references (it may never have been written), then the marker.
+        Return how many such unfinished uploads there were. Call it only while holding
+        the run lock (``run`` does).
+
+        Raises StorageError or a database error if the store or database fails; the
+        markers not yet settled stay for the next run.
+        """
+        store = self._vault.store
+        unfinished = 0
+        for marker in list(store.list(INTENT_PREFIX)):
+            if self._settle(marker.key[len(INTENT_PREFIX) :]):
+                unfinished += 1
+        return unfinished
+
+    # One row ----------------------------------------------------------------------------
+
+    def ingest_one(self, actor: Actor, row: ManifestRow) -> RowResult:
+        """Store one row unless its ingest key is already stored.
+
+        Returns STORED, ALREADY_STORED or REJECTED (the row or its file is wrong; nothing
+        is stored). Raises StorageError, AuditError or a database error when the
+        installation fails, Forbidden for an actor who may not upload; whatever happens,
+        no object outlives the call without a document version or an intent marker.
+        """
+        try:
+            student = self._student(actor, row.student_id)
+            with self._spooled(row) as (spool, sha256):
+                key = ingest_key(row, sha256)
+                existing = self._document_with_key(key)
+                if existing is not None:
+                    return _done(row, RowOutcome.ALREADY_STORED, existing)
+                return self._store(actor, student, row, spool, key)
+        except _RowRejected as e:
+            return RowResult(row.line, row.cells, RowOutcome.REJECTED, e.reason, e.detail)
+        except ContentRejected as e:
+            return RowResult(row.line, row.cells, RowOutcome.REJECTED, e.reason, e.message)
+        except (InvalidInput, NotFound) as e:
+            return RowResult(
+                row.line,
+                row.cells,
+                RowOutcome.REJECTED,
+                RowProblem.INVALID_DOCUMENT.value,
+                e.public_message,
+            )
+
+    def _store(
+        self, actor: Actor, student: StudentInfo, row: ManifestRow, spool: BinaryIO, key: str
+    ) -> RowResult:
+        markers = _IntentMarkers(self._vault.store)
+        documents = Documents(
+            self._engine,
+            self._audit,
+            Vault(
+                markers,
+                self._vault.keyring,
+                max_bytes=self._vault.max_bytes,
+                spool_dir=self._spool_dir,
+            ),
+            self._clock,
+        )
+        try:
+            info = documents.upload(
+                actor,
+                student.id,
+                spool,
+                row.path.name,
+                category=row.category,
+                title=row.title,
+                school_year=row.school_year,
+                effective_date=row.document_date,
+                ingest_key=key,
+            )
+        except DatabaseIntegrityError:
+            # Another row with the same key (a repeated row) committed first.
+            existing = self._document_with_key(key)
+            if existing is None:
+                raise
+            return _done(row, RowOutcome.ALREADY_STORED, existing)
+        finally:
+            for object_key in markers.keys:
+                with contextlib.suppress(StorageError, SQLAlchemyError):
+                    # Whatever cannot be settled now stays marked for the next run.
+                    self._settle(object_key)
+        return RowResult(
+            row.line, row.cells, RowOutcome.STORED, document_id=info.id, size=info.current.size
+        )
+
+    def _settle(self, object_key: str) -> bool:
+        """Delete the object unless a version references it, then its marker; return
+        whether the upload was unfinished (no version references the object)."""
+        store = self._vault.store
+        with Session(self._engine) as session:
+            referenced = session.scalar(
+                select(DocumentVersion.id).where(DocumentVersion.object_key == object_key)
+            )
+        if referenced is None:
+            store.delete(object_key)
+        # The marker goes last: if anything above fails, the next run tries again.
+        store.delete(INTENT_PREFIX + object_key)
+        return referenced is None
+
+    def _student(self, actor: Actor, district_id: str) -> StudentInfo:
+        with self._cache_lock:
+            known = district_id in self._student_cache
+            student = self._student_cache.get(district_id)
+        if not known:
+            try:
+                student = self._students.get_by_district_id(actor, district_id)
+            except NotFound:
+                student = None
+            with self._cache_lock:
+                self._student_cache[district_id] = student
+        if student is None:
+            raise _RowRejected(
+                RowProblem.UNKNOWN_STUDENT.value, f"No student has the district id {district_id}."
+            )
+        return student
+
+    @contextlib.contextmanager
+    def _spooled(self, row: ManifestRow) -> Iterator[tuple[BinaryIO, str]]:
+        """The row's file copied into a private spool (size limit enforced), and its
+        SHA-256. Hashing the spool, not the file, means the key always describes exactly
+        the bytes that are stored, even if the file changes meanwhile."""
+        path = _open_path(row.base_dir, row.path)
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise _RowRejected(
+                RowProblem.FILE_UNREADABLE.value, f"Cannot open {row.path}: {e.strerror or e}."
+            ) from None
+        with handle:
+            spool = self._vault.spool(io.BufferedReader(_SourceReader(handle, row.path)))
+        with spool:
+            digest = hashlib.sha256()
+            while chunk := spool.read(_HASH_CHUNK):
+                digest.update(chunk)
+            spool.seek(0)
+            yield spool, digest.hexdigest()
+
+    def _document_with_key(self, key: str) -> uuid.UUID | None:
+        with Session(self._engine) as session:
+            return session.scalar(select(Document.id).where(Document.ingest_key == key))
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the database's ingest lock for the block; IngestBusy after waiting
+        ``lock_wait_seconds`` for another run. The lock dies with the process."""
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            with self._advisory_lock():
+                yield
+            return
+        database = self._engine.url.database
+        if dialect != "sqlite":
+            raise NotImplementedError(f"bulk ingest does not support {dialect}")
+        if not database or database == ":memory:":
+            yield  # a private in-memory database has no other process to exclude
+            return
+        with self._file_lock(Path(f"{database}.ingest-lock")):
+            yield
+
+    @contextlib.contextmanager
+    def _advisory_lock(self) -> Iterator[None]:
+        with self._engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            query = text("SELECT pg_try_advisory_lock(:key)")
+            self._wait_for(lambda: bool(connection.scalar(query, {"key": _ADVISORY_LOCK_KEY})))
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                )
+
+    @contextlib.contextmanager
+    def _file_lock(self, path: Path) -> Iterator[None]:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+
+            def try_lock() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            self._wait_for(try_lock)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _wait_for(self, attempt: Callable[[], bool]) -> None:
+        deadline = self._monotonic() + self._lock_wait
+        while not attempt():
+            if self._monotonic() >= deadline:
+                raise IngestBusy()
+            self._sleep(0.2)
+
+
+class _IntentMarkers(ObjectStore):
+    """The installation's object store, with an intent marker put before every object.
+
+    ``keys`` lists the objects put (or attempted) through it, for the caller to settle.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self.description = store.description
+        self.keys: list[str] = []
+
+    def put(
+        self,
+        key: str,
+        stream: BinaryIO,
+        size_hint: int | None = None,
+        *,
+        retain_until: datetime | None = None,
+    ) -> ObjectInfo:
+        # Listed first: even a marker whose put failed halfway is settled by the caller.
+        self.keys.append(key)
+        self._store.put(INTENT_PREFIX + key, io.BytesIO(b""), 0)
+        return self._store.put(key, stream, size_hint, retain_until=retain_until)
+
+    def open(self, key: str) -> BinaryIO:
+        return self._store.open(key)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._store.head(key)
+
+    def delete(self, key: str) -> None:
+        self._store.delete(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._store.list(prefix)
+
+    def supports_retention(self) -> bool:
+        return self._store.supports_retention()
+
+
+class _SourceReader(io.RawIOBase):
+    """A manifest file as a raw stream whose read errors reject the row, so they are
+    not mistaken for a failure of the spool or the store."""
+
+    def __init__(self, handle: io.FileIO, name: PurePosixPath) -> None:
+        super().__init__()
+        self._handle = handle
+        self._name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        try:
+            return self._handle.readinto(buffer)
+        except OSError as e:
+            raise _RowRejected(
+                RowProblem.FILE_UNREADABLE.value, f"Cannot read {self._name}: {e.strerror or e}."
+            ) from None
+
+
+def _open_path(base_dir: Path, relative: PurePosixPath) -> Path:
+    """The row's file, resolved; rejected unless it is a regular file inside base_dir."""
+    try:
+        root = base_dir.resolve(strict=True)
+        path = (root / relative).resolve(strict=True)
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symbolic link loop
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise _RowRejected(
+            RowProblem.FILE_UNREADABLE.value, f"Cannot open {relative}: {detail}."
+        ) from None
+    # SECURITY: a symbolic link may not lead out of the manifest's directory tree.
+    if not path.is_relative_to(root):
+        raise _RowRejected(
+            RowProblem.BAD_PATH.value, f"{relative} leads outside the manifest's directory."
+        )
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        raise _RowRejected(RowProblem.FILE_UNREADABLE.value, f"{relative} is not a file.")
+    return path
+
+
+def _done(row: ManifestRow, outcome: RowOutcome, document_id: uuid.UUID) -> RowResult:
+    return RowResult(row.line, row.cells, outcome, document_id=document_id)
+
+
+def _failed(row: ManifestRow, problem: RowProblem, detail: str) -> RowResult:
+    return RowResult(row.line, row.cells, RowOutcome.FAILED, problem.value, detail)
+
+
+def _infrastructure_problem(error: Exception) -> tuple[RowProblem, str]:
+    if isinstance(error, StorageUnavailable):
+        return RowProblem.STORAGE_UNAVAILABLE, str(error)
+    if isinstance(error, StorageError):
+        return RowProblem.STORAGE_ERROR, str(error)
+    if isinstance(error, AuditError):
+        return RowProblem.AUDIT_UNAVAILABLE, str(error) or error.public_message
+    if isinstance(error, SQLAlchemyError):
+        return RowProblem.DATABASE_ERROR, f"database error: {type(error).__name__}"
+    return RowProblem.STORAGE_ERROR, f"cannot spool the file: {error}"
+
+
+# The report -----------------------------------------------------------------------------
+
+# Cells starting with these are formulas to spreadsheet programs.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_report(path: Path, results: Sequence[RowResult]) -> None:
+    """Write the rows not stored, with ``reason`` and ``detail``, as CSV to ``path``
+    (created mode 0600, replaced atomically). Raises OSError if it cannot be written."""
+
+    def safe(cell: str) -> str:
+        # SECURITY: the report is opened in spreadsheets; a cell from the manifest must
+        # not become a formula there.
+        return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(REPORT_COLUMNS)
+    for result in sorted(results, key=lambda r: r.line):
+        writer.writerow(
+            [
+                str(result.line),
+                *(safe(c) for c in result.cells),
+                result.reason or "",
+                safe(result.detail or ""),
+            ]
+        )
+    # SECURITY: the report names students and their records: readable by its owner only.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(out.getvalue())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def default_report_path(manifest_path: Path) -> Path:
+    """``MANIFEST.rejected.csv`` beside the manifest (``batch.csv`` → ``batch.rejected.csv``)."""
+    return manifest_path.with_name(f"{manifest_path.stem}.rejected.csv")

@@ -1,0 +1,126 @@
+"""``satchel ingest`` (bulk ingest of scanned folders) and ``satchel folder export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask.cli import with_appcontext
+from tqdm import tqdm
+
+from folders.bulk import (
+    BulkIngest,
+    RowOutcome,
+    RowResult,
+    default_report_path,
+    parse_manifest,
+    write_report,
+)
+from folders.export import FolderExport
+from web.cli_records import AS_OPTION
+from web.cli_support import reports_errors, runtime
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 12),
+    default=4,
+    show_default=True,
+    help="Files stored in parallel.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of the rows not stored, with the reason (default: MANIFEST.rejected.csv "
+    "beside the manifest).",
+)
+@AS_OPTION
+@with_appcontext
+@reports_errors
+def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> None:
+    """Store the scanned documents listed in MANIFEST (CSV).
+
+    Columns: student_id (district id), category, title, school_year, document_date
+    (YYYY-MM-DD), path (relative to the manifest). Safe to run again after an
+    interruption: rows already stored are skipped. Exits 0 only if every row is stored.
+    """
+    rt = runtime()
+    actor = rt.accounts.acting_as(as_email)
+    try:
+        data = manifest.read_bytes()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {manifest}: {e.strerror or e}") from e
+    parsed = parse_manifest(data, manifest.resolve().parent)
+    bulk = BulkIngest(
+        rt.engine,
+        rt.audit_log,
+        rt.vault,
+        rt.students,
+        rt.clock,
+        spool_dir=rt.settings.data_dir / "tmp",
+    )
+    with tqdm(total=parsed.total, unit="file", desc="ingest", disable=None) as bar:
+
+        def advance(result: RowResult) -> None:
+            bar.update(1)
+
+        summary = bulk.run(actor, parsed, workers=workers, on_result=advance)
+    report_path = report or default_report_path(manifest)
+    write_report(report_path, summary.not_stored)
+    if summary.unfinished_removed:
+        click.echo(f"removed {summary.unfinished_removed} unfinished uploads of an interrupted run")
+    click.echo(
+        f"{summary.count(RowOutcome.STORED)} stored, "
+        f"{summary.count(RowOutcome.ALREADY_STORED)} already stored, "
+        f"{summary.count(RowOutcome.REJECTED)} rejected, "
+        f"{summary.count(RowOutcome.FAILED)} failed of {len(summary.results)} rows; "
+        f"{summary.bytes_stored / 1e6:.2f} MB in {summary.seconds:.1f} s "
+        f"({summary.megabytes_per_second:.2f} MB/s)"
+    )
+    if summary.stopped_by:
+        click.echo(f"stopped early: {summary.stopped_by}", err=True)
+        click.echo("run the same command again to resume", err=True)
+    if summary.not_stored:
+        click.echo(f"{len(summary.not_stored)} rows not stored: see {report_path}", err=True)
+    if not summary.complete:
+        raise SystemExit(1)
+
+
+@click.group()
+def folder() -> None:
+    """Whole-folder operations."""
+
+
+@folder.command("export")
+@click.argument("student_id")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to create (must not exist, or be empty).",
+)
+@click.option(
+    "--purpose",
+    default="records transfer",
+    show_default=True,
+    help="Why the folder is exported (recorded).",
+)
+@AS_OPTION
+@with_appcontext
+@reports_errors
+def folder_export(student_id: str, out_dir: Path, purpose: str, as_email: str) -> None:
+    """Export STUDENT_ID's folder (district id): every current document, decrypted, and
+    a manifest.json with ids, categories, titles, versions and SHA-256."""
+    rt = runtime()
+    actor = rt.accounts.acting_as(as_email)
+    student = rt.students.get_by_district_id(actor, student_id)
+    exporter = FolderExport(rt.engine, rt.audit_log, rt.documents, rt.clock)
+    result = exporter.export(actor, student.id, out_dir, purpose=purpose)
+    click.echo(
+        f"exported {len(result.documents)} documents ({result.bytes_written / 1e6:.1f} MB) of "
+        f"{student.district_id} {student.full_name} to {result.directory}"
+    )
+    click.echo(f"manifest.json sha256 {result.manifest_sha256}")
