@@ -182,3 +182,45 @@ def test_console_script_unknown_setting_exits_2_naming_it(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "SATCHEL_BOGUS: unknown setting" in result.stderr
+
+
+def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
+    assert satchel("init").exit_code == 0
+    demo = satchel("demo")
+    assert demo.exit_code == 0, demo.output
+    assert "3 students, 6 documents" in demo.output
+    assert demo.output.count("@demo.satchel.test") == 6
+    assert satchel("demo").exit_code == 1  # already loaded
+
+    registrar = ("--as", "registrar@demo.satchel.test")
+    listed = satchel("grant", "list", "D-1001", *registrar)
+    assert listed.exit_code == 0 and "maria.lopez@demo.satchel.test" in listed.output
+    added = satchel(
+        "grant",
+        "add",
+        "sam.okafor@demo.satchel.test",
+        "D-1003",
+        "--scope",
+        "category:report_card",
+        "--expires",
+        "2099-06-30",
+        *registrar,
+    )
+    assert added.exit_code == 0, added.output
+    assert "until 2099-06-30" in added.output
+    grant_id = added.output.rsplit("(grant ", 1)[1].rstrip(")\n")
+    revoked = satchel("grant", "revoke", grant_id, "--reason", "End of year", *registrar)
+    assert revoked.exit_code == 0 and "revoked grant" in revoked.output
+    refused = satchel(
+        "grant", "add", "jordan.lopez@demo.satchel.test", "D-1002", "--scope", "folder", *registrar
+    )
+    assert refused.exit_code == 1 and "restricted" in refused.output
+
+    rotated = satchel("keys", "rotate")
+    assert rotated.exit_code == 0, rotated.output
+    assert "active version 2: rewrapped 6 data keys, 0 left" in rotated.output
+    status = satchel("keys", "status").output.splitlines()
+    assert status[1].split()[-2:] == ["usable", "0"]
+    assert status[2].split()[-2:] == ["active", "6"]
+    assert satchel("keys", "retire", "--below", "2").exit_code == 0
+    assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["retired", "0"]
