@@ -62,6 +62,8 @@ class Settings:
     secret_key: str | None = None
     bind: str = "127.0.0.1:8000"
     workers: int = 2
+    public_url: str | None = None
+    proxy_hops: int = 0
     max_upload_mb: int = 50
     secure_cookies: bool | None = None
     session_idle_minutes: int = 30
@@ -110,6 +112,11 @@ class Settings:
     @property
     def effective_secure_cookies(self) -> bool:
         return (not self.embedded) if self.secure_cookies is None else self.secure_cookies
+
+    @property
+    def effective_public_url(self) -> str:
+        """The address users reach Satchel at (for links printed by the CLI)."""
+        return (self.public_url or f"http://{self.bind}").rstrip("/")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -222,7 +229,7 @@ def _coerce(source: str, name: str, value: Any) -> Any:
             return Path(str(value)) if str(value) else None
         if name == "storage_backend":
             return StorageBackend(str(value).lower())
-        if name in ("workers", "max_upload_mb", "session_idle_minutes"):
+        if name in ("workers", "max_upload_mb", "session_idle_minutes", "proxy_hops"):
             return _as_int(value)
         if name == "audit_checkpoint_retention_days":
             return None if value in ("", None) else _as_int(value)
@@ -285,6 +292,12 @@ def _validate(s: Settings) -> None:
     if s.s3_prefix and (s.s3_prefix.startswith("/") or ".." in s.s3_prefix.split("/")):
         raise ConfigError("s3_prefix", "must be a relative key prefix without '..'")
     _validate_bind(s.bind)
+    if s.public_url is not None:
+        parts = urlsplit(s.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("public_url", f"malformed URL {s.public_url!r}")
+    if not 0 <= s.proxy_hops <= 10:
+        raise ConfigError("proxy_hops", "must be between 0 and 10")
     for name in ("workers", "max_upload_mb", "session_idle_minutes"):
         if getattr(s, name) < 1:
             raise ConfigError(name, "must be at least 1")

@@ -139,6 +139,12 @@ class Accounts:
             user.last_login_at = self._clock()
         return _info(user)
 
+    def get_by_email(self, actor: Actor, email: str) -> UserInfo:
+        """The account with this email (admins); NotFound if none."""
+        self._require_admin(actor)
+        with Session(self._engine) as session:
+            return _info(self._get(session, email))
+
     def get(self, user_id: uuid.UUID) -> UserInfo:
         """The account with this id; NotFound if missing."""
         with Session(self._engine) as session:

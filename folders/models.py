@@ -53,13 +53,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _vocabulary(enum: type[StrEnum], name: str) -> Enum:
+def _vocabulary(enum: type[StrEnum], name: str, length: int = 32) -> Enum:
     return Enum(
         enum,
         name=name,
         native_enum=False,
         create_constraint=True,
-        length=32,
+        length=length,
         values_callable=lambda members: [m.value for m in members],
     )
 
@@ -150,6 +150,8 @@ class User(Base):
     source_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a guardian last opened their list of shared documents (marks what is new).
+    last_seen_shared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Guardianship(Base):
@@ -190,6 +192,7 @@ class Document(Base):
     effective_date: Mapped[date | None] = mapped_column(Date)
     created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ingest_key: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
 
 class DocumentVersion(Base):
@@ -252,3 +255,44 @@ class Grant(Base):
     revoked_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoke_reason: Mapped[str | None] = mapped_column(Text)
+
+
+# Login throttling and one-time password-set links live in SQL, not in a process, so
+# every gunicorn worker sees the same failures and the same tokens.
+
+
+class AttemptOutcome(StrEnum):
+    # PENDING counts as a failure until the password check says otherwise, so parallel
+    # guesses in several workers cannot slip past the limit together.
+    PENDING = "pending"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    THROTTLED = "throttled"
+
+
+class LoginAttempt(Base):
+    """One login attempt: the email typed (lower-cased) and the client address."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(254), index=True)
+    client_address: Mapped[str] = mapped_column(String(64), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[AttemptOutcome] = mapped_column(
+        _vocabulary(AttemptOutcome, "attempt_outcome", length=16)
+    )
+
+
+class PasswordToken(Base):
+    """A one-time link to set a password. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "password_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -18,12 +18,18 @@ from audit.checkpoint import CheckpointSigner
 from audit.log import AuditLog
 from config import Settings, StorageBackend
 from folders.accounts import Accounts
+from folders.catalog import Catalog
 from folders.db import make_engine
+from folders.disclosures import Disclosures
 from folders.documents import Documents
 from folders.grants import Grants
+from folders.inbox import SharedInbox
 from folders.keys import KeyManagement
+from folders.onboarding import Onboarding
 from folders.roster import RosterImport
 from folders.students import Students
+from folders.throttle import Logins, LoginThrottle
+from folders.trail import AuditTrail
 from storage.ingest import Vault
 from storage.keyring import Keyring
 from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore, make_s3_client
@@ -104,6 +110,30 @@ class Runtime:
     @cached_property
     def roster(self) -> RosterImport:
         return RosterImport(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def logins(self) -> Logins:
+        return Logins(self.accounts, LoginThrottle(self.engine, self.clock), self.audit_log)
+
+    @cached_property
+    def onboarding(self) -> Onboarding:
+        return Onboarding(self.engine, self.accounts, self.audit_log, self.clock)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def inbox(self) -> SharedInbox:
+        return SharedInbox(self.engine, self.documents, self.clock)
+
+    @cached_property
+    def disclosures(self) -> Disclosures:
+        return Disclosures(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def trail(self) -> AuditTrail:
+        return AuditTrail(self.audit_log, self.clock)
 
     @cached_property
     def keys(self) -> KeyManagement:

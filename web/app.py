@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Settings
 from folders.runtime import Runtime
@@ -31,6 +32,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=s.session_idle_minutes),
         SESSION_REFRESH_EACH_REQUEST=True,
     )
+    if s.proxy_hops:
+        # Behind a reverse proxy the client address comes from X-Forwarded-For; trust
+        # exactly the configured number of hops, no more.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=s.proxy_hops, x_proto=s.proxy_hops, x_host=s.proxy_hops
+        )
     security.init_app(app, s)
     errors.init_app(app)
     app.register_blueprint(auth.bp)

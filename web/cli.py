@@ -228,6 +228,22 @@ cli.add_command(roster)
 cli.add_command(audit_cli)
 
 
+@user.command("link")
+@click.argument("email")
+@with_appcontext
+@reports_errors
+def user_link(email: str) -> None:
+    """Print a one-time link with which EMAIL sets their password.
+
+    Older unused links for the account stop working. Deliver it by a trusted channel.
+    """
+    rt = runtime()
+    account = rt.accounts.get_by_email(Actor.operator(), email)
+    link = rt.onboarding.issue(Actor.operator(), account.id)
+    click.echo(f"{rt.settings.effective_public_url}/set-password/{link.token}")
+    click.echo(f"valid until {link.expires_at:%Y-%m-%d %H:%M} UTC, once", err=True)
+
+
 def main() -> None:
     """Console entry point; a configuration error exits 2 naming the key."""
     try:

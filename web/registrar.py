@@ -1,16 +1,428 @@
-"""The registrar's pages. Every route needs a signed-in registrar (deny by default)."""
+"""The registrar's pages. Every route needs a signed-in registrar (deny by default).
+
+Find a student; see the folder by category with every version; upload one or several
+files; upload a corrected version; open a version for a stated purpose; link and restrict
+guardians; share with guardians and revoke.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import uuid
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import BinaryIO, cast
 
-from folders.models import Role
-from web.auth import current_user, guard_role
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from werkzeug.datastructures import FileStorage
+
+from audit.events import Action
+from folders.actor import Actor
+from folders.categories import RETENTION, Category
+from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
+from folders.documents import DocumentInfo, check_school_year, parse_category
+from folders.errors import InvalidInput, NotFound
+from folders.grants import GrantStatus
+from folders.models import GrantScope, Relationship, Role
+from storage.errors import ContentRejected
+from web import pages
+from web.auth import current_actor, guard_role
+from web.context import runtime
+from web.downloads import stream_document
 
 bp = Blueprint("registrar", __name__, url_prefix="/registrar")
 guard_role(bp, Role.REGISTRAR)
 
+CATEGORY_CHOICES = [(c.value, RETENTION[c].label) for c in Category]
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    filename: str
+    document: DocumentInfo | None = None
+    reason: str | None = None
+
 
 @bp.get("/")
 def home() -> str:
-    return render_template("home.html", user=current_user(), title="Registrar")
+    query = request.args.get("q", "").strip()
+    found = runtime().students.find_students(current_actor(), query, page=pages.page_number())
+    return render_template("registrar/home.html", title="Registrar", query=query, found=found)
+
+
+# The folder --------------------------------------------------------------------------------
+
+
+@bp.get("/students/<uuid:student_id>")
+def folder(student_id: uuid.UUID) -> str:
+    actor = current_actor()
+    rt = runtime()
+    student = rt.students.get_student(actor, student_id)
+    documents = rt.documents.list_folder(actor, student_id)
+    by_category: dict[Category, list[DocumentInfo]] = {}
+    for document in documents:
+        by_category.setdefault(document.category, []).append(document)
+    groups = [(c, by_category[c]) for c in Category if c in by_category]
+    return render_template(
+        "registrar/folder.html",
+        title=f"Folder of {student.full_name}",
+        student=student,
+        groups=groups,
+    )
+
+
+@bp.get("/documents/<uuid:document_id>")
+def document(document_id: uuid.UUID) -> ResponseReturnValue:
+    return _document_page(document_id, errors={})
+
+
+def _document_page(
+    document_id: uuid.UUID, *, errors: dict[str, str], status: int = 200
+) -> ResponseReturnValue:
+    actor = current_actor()
+    info = runtime().catalog.describe(actor, document_id)
+    student = runtime().students.get_student(actor, info.student_id)
+    page = render_template(
+        "registrar/document.html",
+        title=info.title,
+        student=student,
+        document=info,
+        purposes=STAFF_PURPOSES,
+        default_purpose=DEFAULT_PURPOSE,
+        errors=errors,
+    )
+    return page if status == 200 else (page, status)
+
+
+@bp.get("/documents/<uuid:document_id>/versions/<uuid:version_id>")
+def open_version(document_id: uuid.UUID, version_id: uuid.UUID) -> Response:
+    """Open one version for a purpose from the fixed list (recorded in the audit event)."""
+    purpose = request.args.get("purpose", "")
+    if purpose not in STAFF_PURPOSES:
+        abort(400, description="Choose the purpose for opening this record from the list.")
+    inline = request.args.get("mode") == "view"
+    opened = runtime().documents.open(
+        current_actor(),
+        document_id,
+        version_id=version_id,
+        action=Action.DOCUMENT_PREVIEW if inline else Action.DOCUMENT_DOWNLOAD,
+        purpose=purpose,
+    )
+    return stream_document(opened, inline=inline)
+
+
+@bp.post("/documents/<uuid:document_id>/versions")
+def upload_version(document_id: uuid.UUID) -> ResponseReturnValue:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return _document_page(
+            document_id, errors={"file": "Choose the corrected file."}, status=400
+        )
+    try:
+        info = runtime().documents.upload_version(
+            current_actor(), document_id, cast(BinaryIO, upload.stream), upload.filename
+        )
+    except ContentRejected as e:
+        return _document_page(document_id, errors={"file": e.message}, status=422)
+    flash(f"Version {info.current.number} of “{info.title}” is stored.")
+    return redirect(url_for("registrar.document", document_id=document_id))
+
+
+# Uploads -----------------------------------------------------------------------------------
+
+
+@bp.route("/students/<uuid:student_id>/upload", methods=["GET", "POST"])
+def upload(student_id: uuid.UUID) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    student = rt.students.get_student(actor, student_id)
+    prefix = "multi" if request.form.get("form") == "multi" else "single"
+    today = rt.clock()
+    values = {
+        "category": request.form.get("category", ""),
+        "school_year": request.form.get(
+            "school_year", _current_school_year(today.year, today.month)
+        ),
+        "title": request.form.get("title", ""),
+        "form": prefix,
+    }
+
+    def render(
+        errors: dict[str, str], outcomes: list[UploadOutcome], status: int
+    ) -> ResponseReturnValue:
+        page = render_template(
+            "registrar/upload.html",
+            title=f"Upload to the folder of {student.full_name}",
+            student=student,
+            categories=CATEGORY_CHOICES,
+            values=values,
+            errors=errors,
+            outcomes=outcomes,
+            stored=[o for o in outcomes if o.document],
+            rejected=[o for o in outcomes if o.reason],
+        )
+        return page if status == 200 else (page, status)
+
+    if request.method == "GET":
+        return render({}, [], 200)
+
+    files = [f for f in request.files.getlist("files") if f.filename]
+    errors: dict[str, str] = {}
+    try:
+        category = parse_category(values["category"])
+    except InvalidInput:
+        errors[f"{prefix}-category"] = "Choose a category."
+    try:
+        school_year = check_school_year(values["school_year"])
+    except InvalidInput as e:
+        errors[f"{prefix}-school_year"] = e.public_message
+    if not files:
+        errors[f"{prefix}-files"] = (
+            "Choose the files to upload." if prefix == "multi" else "Choose a file to upload."
+        )
+    if errors:
+        return render(errors, [], 400)
+
+    # A title given with one file is used; otherwise each title comes from its file name.
+    given_title = values["title"].strip() if len(files) == 1 else ""
+    outcomes = [
+        _store_one(
+            actor,
+            student_id,
+            f,
+            category,
+            school_year,
+            given_title or title_from_filename(f.filename or ""),
+        )
+        for f in files
+    ]
+    # Some files stored is a success; nothing stored means the upload was refused.
+    return render({}, outcomes, 200 if any(o.document for o in outcomes) else 422)
+
+
+def _store_one(
+    actor: Actor,
+    student_id: uuid.UUID,
+    upload_file: FileStorage,
+    category: Category,
+    school_year: str | None,
+    title: str,
+) -> UploadOutcome:
+    """Store one file; a refusal of this file is reported, not raised, so the rest go on."""
+    name = upload_file.filename or ""
+    try:
+        info = runtime().documents.upload(
+            actor,
+            student_id,
+            cast(BinaryIO, upload_file.stream),
+            name,
+            category=category,
+            title=title,
+            school_year=school_year,
+        )
+    except ContentRejected as e:
+        return UploadOutcome(name, reason=e.message)
+    except InvalidInput as e:
+        return UploadOutcome(name, reason=e.public_message)
+    return UploadOutcome(name, document=info)
+
+
+def title_from_filename(filename: str) -> str:
+    """A readable title from a file name: no folders, no extension, spaces for ``_``."""
+    stem = PurePosixPath(filename.replace("\\", "/")).stem
+    words = " ".join(stem.replace("_", " ").split())
+    return words[:200] or "Untitled document"
+
+
+def _current_school_year(year: int, month: int) -> str:
+    # School years start in the autumn; from August on, it is the year that starts now.
+    start = year if month >= 8 else year - 1
+    return f"{start}-{start + 1}"
+
+
+# Guardians ---------------------------------------------------------------------------------
+
+
+@bp.get("/students/<uuid:student_id>/guardians")
+def guardians(student_id: uuid.UUID) -> ResponseReturnValue:
+    return _guardians_page(student_id, errors={}, values={})
+
+
+def _guardians_page(
+    student_id: uuid.UUID,
+    *,
+    errors: dict[str, str],
+    values: dict[str, str],
+    status: int = 200,
+) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    student = rt.students.get_student(actor, student_id)
+    page = render_template(
+        "registrar/guardians.html",
+        title=f"Guardians of {student.full_name}",
+        student=student,
+        guardians=rt.students.list_guardians(actor, student_id),
+        relationships=[r.value for r in Relationship],
+        errors=errors,
+        values=values,
+    )
+    return page if status == 200 else (page, status)
+
+
+@bp.post("/students/<uuid:student_id>/guardians")
+def link_guardian(student_id: uuid.UUID) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    rt.students.get_student(actor, student_id)  # 404 for an unknown student
+    email = pages.form_text("email")
+    values = {"email": email, "relationship": pages.form_text("relationship")}
+    try:
+        relationship = Relationship(values["relationship"])
+    except ValueError:
+        return _guardians_page(
+            student_id, errors={"relationship": "Choose a relationship."}, values=values, status=400
+        )
+    try:
+        info = rt.students.link_guardian(actor, student_id, email, relationship)
+    except (InvalidInput, NotFound) as e:
+        return _guardians_page(
+            student_id, errors={"email": e.public_message}, values=values, status=400
+        )
+    flash(f"{info.email} is linked as {info.relationship.value}.")
+    return redirect(url_for("registrar.guardians", student_id=student_id))
+
+
+@bp.post("/students/<uuid:student_id>/guardians/<uuid:guardian_id>/restrict")
+def restrict_guardian(student_id: uuid.UUID, guardian_id: uuid.UUID) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    linked = {g.guardian_id: g for g in rt.students.list_guardians(actor, student_id)}
+    if guardian_id not in linked:
+        abort(404)
+    field = f"reason-{guardian_id}"
+    try:
+        info = rt.students.restrict_guardian(
+            actor, student_id, linked[guardian_id].email, pages.form_text("reason")
+        )
+    except InvalidInput as e:
+        return _guardians_page(student_id, errors={field: e.public_message}, values={}, status=400)
+    flash(f"{info.email} is restricted: they see nothing of this student's records.")
+    return redirect(url_for("registrar.guardians", student_id=student_id))
+
+
+# Sharing -----------------------------------------------------------------------------------
+
+
+@bp.get("/students/<uuid:student_id>/sharing")
+def sharing(student_id: uuid.UUID) -> ResponseReturnValue:
+    return _sharing_page(student_id, errors={}, values={"scope": "folder"})
+
+
+def _sharing_page(
+    student_id: uuid.UUID,
+    *,
+    errors: dict[str, str],
+    values: dict[str, str],
+    status: int = 200,
+) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    student = rt.students.get_student(actor, student_id)
+    eligible = [
+        g
+        for g in rt.students.list_guardians(actor, student_id)
+        if not g.restricted and g.ended_at is None
+    ]
+    page = render_template(
+        "registrar/sharing.html",
+        title=f"Sharing the folder of {student.full_name}",
+        student=student,
+        guardians=eligible,
+        grants=rt.grants.list_for_student(actor, student_id),
+        documents=rt.documents.list_folder(actor, student_id),
+        categories=CATEGORY_CHOICES,
+        errors=errors,
+        values=values,
+    )
+    return page if status == 200 else (page, status)
+
+
+@bp.post("/students/<uuid:student_id>/grants")
+def grant(student_id: uuid.UUID) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    rt.students.get_student(actor, student_id)  # 404 for an unknown student
+    values = {
+        name: pages.form_text(name)
+        for name in ("guardian", "scope", "category", "document", "expires", "reason")
+    }
+    errors: dict[str, str] = {}
+    category: Category | None = None
+    document_id: uuid.UUID | None = None
+    try:
+        scope = GrantScope(values["scope"])
+    except ValueError:
+        scope = GrantScope.FOLDER
+        errors["scope-folder"] = "Choose what to share."
+    if scope is GrantScope.CATEGORY:
+        try:
+            category = parse_category(values["category"])
+        except InvalidInput:
+            errors["category"] = "Choose the category to share."
+    if scope is GrantScope.DOCUMENT:
+        try:
+            document_id = uuid.UUID(values["document"])
+        except ValueError:
+            errors["document"] = "Choose the document to share."
+    try:
+        day = pages.parse_day(values["expires"])
+    except ValueError:
+        errors["expires"] = "Give the last day of access as a date, e.g. 2026-06-30."
+        day = None
+    if not values["guardian"]:
+        errors["guardian"] = "Choose the guardian to share with."
+    if not errors:
+        try:
+            info = rt.grants.grant(
+                actor,
+                values["guardian"],
+                student_id,
+                scope,
+                category=category,
+                document_id=document_id,
+                expires_at=pages.end_of_day(day) if day else None,
+                reason=values["reason"] or None,
+            )
+        except (InvalidInput, NotFound) as e:
+            field = {GrantScope.DOCUMENT: "document"}.get(scope, "guardian")
+            if "expiry" in e.public_message:
+                field = "expires"
+            errors[field] = e.public_message
+        else:
+            until = f" until {info.expires_at:%Y-%m-%d}" if info.expires_at else ""
+            flash(f"Shared {pages.scope_phrase(info)} with {info.guardian_email}{until}.")
+            return redirect(url_for("registrar.sharing", student_id=student_id))
+    return _sharing_page(student_id, errors=errors, values=values, status=400)
+
+
+@bp.post("/students/<uuid:student_id>/grants/<uuid:grant_id>/revoke")
+def revoke(student_id: uuid.UUID, grant_id: uuid.UUID) -> ResponseReturnValue:
+    actor = current_actor()
+    rt = runtime()
+    active = {
+        g.id
+        for g in rt.grants.list_for_student(actor, student_id)
+        if g.status is GrantStatus.ACTIVE
+    }
+    if grant_id not in active:
+        abort(404)
+    field = f"revoke-reason-{grant_id}"
+    try:
+        info = rt.grants.revoke(actor, grant_id, pages.form_text("reason"))
+    except InvalidInput as e:
+        return _sharing_page(
+            student_id, errors={field: e.public_message}, values={"scope": "folder"}, status=400
+        )
+    flash(f"Revoked: {info.guardian_email} no longer sees {pages.scope_phrase(info)}.")
+    return redirect(url_for("registrar.sharing", student_id=student_id))

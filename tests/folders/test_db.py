@@ -4,8 +4,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from folders.db import current_revision, head_revision, upgrade
 from audit.models import AuditBase
+from folders.db import current_revision, head_revision, upgrade
 from folders.models import Base
 
 

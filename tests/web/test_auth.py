@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from argon2 import PasswordHasher
 from flask.testing import FlaskClient
 
 from folders.models import Role
+from folders.runtime import Runtime
 from tests.support.app import AuthActions, csrf_from
+from web.app import create_app
 
 ROLE_HOMES = ["/registrar/", "/guardian/", "/compliance/", "/admin/"]
 
@@ -119,3 +122,22 @@ def test_offsite_next_is_ignored(client: FlaskClient, auth: AuthActions) -> None
         },
     )
     assert response.headers["Location"] == "/guardian/"
+
+
+@pytest.mark.parametrize(("hops", "recorded"), [(0, "127.0.0.1"), (1, "203.0.113.9")])
+def test_client_address_behind_a_proxy(runtime: Runtime, hops: int, recorded: str) -> None:
+    """Only the configured number of proxies is trusted for the client address."""
+    proxied = Runtime(
+        runtime.settings.replace(proxy_hops=hops),
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=1024),
+    )
+    client = create_app(runtime=proxied).test_client()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    client.post(
+        "/login",
+        data={"email": "x@home.example", "password": "wrong password!", "csrf_token": token},
+        headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    event = runtime.audit_log.query(per_page=1).items[0].event
+    assert (event.action.value, event.client_address) == ("auth.login_failed", recorded)
+    proxied.close()

@@ -224,3 +224,34 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     assert status[2].split()[-2:] == ["active", "6"]
     assert satchel("keys", "retire", "--below", "2").exit_code == 0
     assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["retired", "0"]
+
+
+def test_user_link_prints_a_one_time_password_link(
+    satchel: Satchel, tmp_path: Path, database_url: str
+) -> None:
+    from config import Settings
+    from tests.support.app import csrf_from
+    from web.app import create_app
+
+    satchel("init")
+    satchel("user", "add", "new.parent@home.example", "--role", "guardian")
+    result = satchel(
+        "user",
+        "link",
+        "new.parent@home.example",
+        SATCHEL_PUBLIC_URL="https://records.district.example/",
+    )
+    assert result.exit_code == 0, result.output
+    url = result.output.splitlines()[0]
+    assert url.startswith("https://records.district.example/set-password/")
+    path = url.removeprefix("https://records.district.example")
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    client = create_app(settings).test_client()
+    token = csrf_from(client.get(path).get_data(as_text=True))
+    response = client.post(
+        path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code in (200, 302), response.get_data(as_text=True)
+    assert client.get(path).status_code in (404, 410)  # used once
+    assert satchel("user", "link", "nobody@home.example").exit_code == 1

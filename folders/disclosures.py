@@ -1,0 +1,238 @@
+"""The record of disclosures of a student's folder (FERPA, 34 CFR 99.32), read from the
+audit log, and the purposes staff state when they open a record.
+
+Guardians see what school staff did with their child's folder: views, downloads,
+exports, and the sharing with and revoking from *them*. They never see other guardians'
+activity or whom else the school shared with. Compliance sees every disclosure,
+guardians' included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from audit.events import Action, Outcome, RecordedEvent
+from audit.log import AuditLog, EventFilter, Page
+from folders.actor import Actor
+from folders.auditing import event_for
+from folders.errors import Forbidden, NotFound
+from folders.models import Document, Grant, Guardianship, Role, Student
+from folders.policy import GuardianLink, Permission, Resource, decide
+
+DEFAULT_PURPOSE = "Educational interest (FERPA school official)"
+STAFF_PURPOSES = (
+    DEFAULT_PURPOSE,
+    "Records request from parent",
+    "Transfer to another school",
+    "Correction or review",
+)
+"""What staff may give as the reason for opening a record (recorded in the event)."""
+
+DISCLOSURE_ACTIONS = frozenset(
+    {
+        Action.DOCUMENT_VIEW,
+        Action.DOCUMENT_PREVIEW,
+        Action.DOCUMENT_DOWNLOAD,
+        Action.FOLDER_VIEW,
+        Action.FOLDER_EXPORT,
+        Action.GRANT_CREATE,
+        Action.GRANT_REVOKE,
+        Action.AUDIT_EXPORT,
+    }
+)
+_SHARING = frozenset({Action.GRANT_CREATE, Action.GRANT_REVOKE})
+_NOT_STAFF = frozenset({Role.GUARDIAN.value, "anonymous"})
+
+_DESCRIPTIONS = {
+    Action.DOCUMENT_VIEW: "Viewed a document",
+    Action.DOCUMENT_PREVIEW: "Viewed a document",
+    Action.DOCUMENT_DOWNLOAD: "Downloaded a document",
+    Action.FOLDER_VIEW: "Looked at the list of documents in the folder",
+    Action.FOLDER_EXPORT: "Exported the folder",
+    Action.GRANT_CREATE: "Shared records with a guardian",
+    Action.GRANT_REVOKE: "Ended a guardian's access to shared records",
+    Action.AUDIT_EXPORT: "Exported audit events about the student",
+}
+# A guardian only ever sees the sharing that concerns them.
+_FOR_GUARDIAN = {
+    **_DESCRIPTIONS,
+    Action.GRANT_CREATE: "Shared records with you",
+    Action.GRANT_REVOKE: "Ended your access to shared records",
+}
+
+
+@dataclass(frozen=True)
+class StudentRef:
+    id: uuid.UUID
+    district_id: str
+    full_name: str
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    sequence: int
+    at: datetime
+    action: Action
+    description: str
+    actor_email: str | None
+    actor_role: str | None
+    document_title: str | None
+    purpose: str | None
+    detail: str | None  # None for guardians: it may name other people
+
+
+@dataclass(frozen=True)
+class DisclosureRecord:
+    student: StudentRef
+    entries: Page[Disclosure]  # newest first
+
+
+class Disclosures:
+    """Read a student's record of disclosures from the audit log."""
+
+    def __init__(self, engine: Engine, audit: AuditLog, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._clock = clock
+
+    def find_student(self, actor: Actor, district_id: str) -> StudentRef:
+        """A student by district id, for those who read the audit trail; NotFound."""
+        self._require_audit_reader(actor)
+        with Session(self._engine) as session:
+            student = session.scalar(
+                select(Student).where(Student.district_id == district_id.strip())
+            )
+            if student is None:
+                raise NotFound(f"No student with the district id {district_id.strip()}.")
+            return _ref(student)
+
+    def for_guardian(
+        self, actor: Actor, student_id: uuid.UUID, *, page: int = 1, per_page: int = 50
+    ) -> DisclosureRecord:
+        """What staff did with the guardian's child's folder, newest first.
+
+        Raises NotFound unless the actor is a current, unrestricted guardian of the
+        student (the same answer as for a student who does not exist).
+        """
+        if actor.role is not Role.GUARDIAN or actor.user_id is None:
+            raise Forbidden()
+        with Session(self._engine) as session:
+            row = session.scalar(
+                select(Guardianship).where(
+                    Guardianship.guardian_id == actor.user_id,
+                    Guardianship.student_id == student_id,
+                )
+            )
+            link = GuardianLink(row.restricted, row.ended_at) if row is not None else None
+            resource = Resource(student_id=student_id, link=link)
+            if not decide(actor, Permission.VIEW_STUDENT, resource, self._clock()).allowed:
+                raise NotFound()
+            student = session.get(Student, student_id)
+            assert student is not None  # a guardianship points at a real student
+            own_grants = {
+                str(g)
+                for g in session.scalars(
+                    select(Grant.id).where(
+                        Grant.guardian_id == actor.user_id, Grant.student_id == student_id
+                    )
+                )
+            }
+
+        def shown(event: RecordedEvent) -> bool:
+            e = event.event
+            if e.actor_role in _NOT_STAFF:
+                return False
+            # Whom else the school shares with is not this guardian's business.
+            return e.action not in _SHARING or e.grant_id in own_grants
+
+        return DisclosureRecord(
+            _ref(student),
+            self._page(student_id, shown, page=page, per_page=per_page, with_detail=False),
+        )
+
+    def for_compliance(self, actor: Actor, student_id: uuid.UUID) -> DisclosureRecord:
+        """Every disclosure of the student's records, to anyone, newest first (one page
+        holding them all, for printing). Audited as an audit-trail query."""
+        self._require_audit_reader(actor)
+        with Session(self._engine) as session:
+            student = session.get(Student, student_id)
+            if student is None:
+                raise NotFound("No such student.")
+            ref = _ref(student)
+        self._audit.record(
+            event_for(
+                actor, Action.AUDIT_QUERY, student_id=student_id, detail="record of disclosures"
+            )
+        )
+        return DisclosureRecord(
+            ref, self._page(student_id, lambda _: True, page=1, per_page=0, with_detail=True)
+        )
+
+    def _page(
+        self,
+        student_id: uuid.UUID,
+        shown: Callable[[RecordedEvent], bool],
+        *,
+        page: int,
+        per_page: int,
+        with_detail: bool,
+    ) -> Page[Disclosure]:
+        """Matching events newest first; ``per_page`` 0 means all on one page."""
+        matching = [
+            recorded
+            for recorded in self._audit.events(EventFilter(student_id=str(student_id)))
+            if recorded.event.action in DISCLOSURE_ACTIONS
+            and recorded.event.outcome is Outcome.ALLOWED
+            and shown(recorded)
+        ]
+        matching.reverse()
+        total = len(matching)
+        size = per_page or max(1, total)
+        page = max(1, page)
+        chosen = matching[(page - 1) * size : page * size]
+        titles = self._titles({r.event.document_id for r in chosen if r.event.document_id})
+        items = tuple(
+            Disclosure(
+                sequence=r.sequence,
+                at=r.recorded_at,
+                action=r.event.action,
+                description=(_DESCRIPTIONS if with_detail else _FOR_GUARDIAN)[r.event.action],
+                actor_email=r.event.actor_email,
+                actor_role=r.event.actor_role,
+                document_title=titles.get(r.event.document_id or ""),
+                purpose=r.event.purpose,
+                detail=r.event.detail if with_detail else None,
+            )
+            for r in chosen
+        )
+        return Page(items, page, size, total)
+
+    def _titles(self, ids: set[str]) -> dict[str, str]:
+        parsed = []
+        for text in ids:
+            try:
+                parsed.append(uuid.UUID(text))
+            except ValueError:
+                continue
+        if not parsed:
+            return {}
+        with Session(self._engine) as session:
+            rows = session.execute(
+                select(Document.id, Document.title).where(Document.id.in_(parsed))
+            ).tuples()
+            return {str(i): title for i, title in rows}
+
+    def _require_audit_reader(self, actor: Actor) -> None:
+        if not decide(actor, Permission.READ_AUDIT, Resource(), self._clock()).allowed:
+            raise Forbidden()
+
+
+def _ref(student: Student) -> StudentRef:
+    name = f"{student.given_name} {student.family_name}"
+    return StudentRef(student.id, student.district_id, name)

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from flask import Flask
+
+from audit.events import Action
+from folders.onboarding import Onboarding
+from folders.runtime import Runtime
+from tests.support.people import Cast
+from tests.web import helpers
+from tests.web.helpers import Clock, csrf, events, post, signed_in
+
+# This module's fixtures: a clock the test moves, and cheap Argon2id (tests.web.helpers).
+clock = helpers.clock
+runtime = helpers.runtime
+
+
+NEW_PASSWORD = "maple leaves in october"
+
+
+def test_create_accounts_of_the_three_kinds(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    client = signed_in(app, cast.admin.email)
+    for role in ("registrar", "compliance", "guardian"):
+        response = post(
+            client,
+            "/admin/users",
+            {"email": f"New.{role}@School.example", "display_name": f"New {role}", "role": role},
+        )
+        assert response.status_code == 302
+    page = client.get("/admin/").get_data(as_text=True)
+    for role in ("registrar", "compliance", "guardian"):
+        assert f"new.{role}@school.example" in page
+    assert page.count("No password yet") == 3
+    created = [e.event.detail for e in events(runtime, Action.USER_CREATE)]
+    assert "new.guardian@school.example (guardian)" in created
+
+    taken = post(client, "/admin/users", {"email": cast.parent.email, "role": "guardian"})
+    assert taken.status_code == 400 and 'id="email-error"' in taken.get_data(as_text=True)
+    admin = post(client, "/admin/users", {"email": "boss@school.example", "role": "admin"})
+    assert admin.status_code == 400 and 'id="role-error"' in admin.get_data(as_text=True)
+
+
+def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    parent = signed_in(app, cast.parent.email)
+    client = signed_in(app, cast.admin.email)
+    assert post(client, f"/admin/users/{cast.parent.user_id}/disable").status_code == 302
+    # The disabled guardian's open session ends at once, and they cannot log in again.
+    assert parent.get("/guardian/").status_code == 302
+    fresh = app.test_client()
+    response = fresh.post(
+        "/login",
+        data={
+            "email": cast.parent.email,
+            "password": "a long enough passphrase",
+            "csrf_token": csrf(fresh),
+        },
+    )
+    assert response.status_code == 401
+    assert events(runtime, Action.USER_DISABLE)[0].event.detail == cast.parent.email
+
+    post(client, f"/admin/users/{cast.admin.user_id}/disable")
+    assert "cannot disable your own" in client.get("/admin/").get_data(as_text=True)
+    assert client.get("/admin/").status_code == 200
+
+
+def test_password_link_is_shown_in_embedded_mode_only(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.admin.email)
+    page = post(client, f"/admin/users/{cast.parent.user_id}/password-link").get_data(as_text=True)
+    link = re.search(r'value="(http://[^"]+/set-password/[^"]+)"', page)
+    if runtime.settings.embedded:
+        assert link is not None
+        path = link.group(1).split("localhost", 1)[1]
+        assert client.get(path).status_code == 200
+    else:
+        assert link is None and "not shown on screen" in page
+    [issued] = [e for e in events(runtime, Action.USER_UPDATE)]
+    assert issued.event.detail == f"{cast.parent.email}: password-set link issued"
+
+
+def test_set_password_with_a_one_time_link(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    onboarding = Onboarding(runtime.engine, runtime.accounts, runtime.audit_log, clock)
+    token = onboarding.issue(cast.admin, cast.parent.user_id).token
+    client = app.test_client()
+    url = f"/set-password/{token}"
+    page = client.get(url).get_data(as_text=True)
+    assert cast.parent.email in page and '<label for="password">' in page
+
+    mismatch = post(client, url, {"password": NEW_PASSWORD, "confirm": "something else"})
+    assert mismatch.status_code == 400 and 'id="confirm-error"' in mismatch.get_data(as_text=True)
+    short = post(client, url, {"password": "short", "confirm": "short"})
+    html = short.get_data(as_text=True)
+    assert short.status_code == 400
+    assert re.search(
+        r'id="password"[^>]*aria-describedby="password-hint password-error"', html, re.S
+    )
+
+    done = post(client, url, {"password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
+    assert done.status_code == 302 and done.headers["Location"] == "/login"
+    assert signed_in(app, cast.parent.email, NEW_PASSWORD).get("/guardian/").status_code == 200
+    assert client.get(url).status_code == 404  # single use
+    assert post(client, url, {"password": NEW_PASSWORD, "confirm": NEW_PASSWORD}).status_code == 404
+
+
+def test_links_expire_and_are_replaced(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    onboarding = Onboarding(runtime.engine, runtime.accounts, runtime.audit_log, clock)
+    client = app.test_client()
+    old = onboarding.issue(cast.admin, cast.parent.user_id).token
+    new = onboarding.issue(cast.admin, cast.parent.user_id).token
+    assert client.get(f"/set-password/{old}").status_code == 404
+    assert client.get(f"/set-password/{new}").status_code == 200
+    clock.advance(timedelta(hours=73))
+    assert client.get(f"/set-password/{new}").status_code == 404
+    assert client.get("/set-password/made-up-token").status_code == 404
+
+
+def test_only_admins_reach_account_pages(app: Flask, cast: Cast) -> None:
+    client = signed_in(app, cast.registrar.email)
+    assert client.get("/admin/").status_code == 403
+    assert (
+        post(client, "/admin/users", {"email": "x@y.example", "role": "registrar"}).status_code
+        == 403
+    )
+
+
+def test_disabled_accounts_links_stop_working(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    onboarding = Onboarding(runtime.engine, runtime.accounts, runtime.audit_log, clock)
+    token = onboarding.issue(cast.admin, cast.parent.user_id).token
+    onboarding.disable_account(cast.admin, cast.parent.user_id)
+    assert app.test_client().get(f"/set-password/{token}").status_code == 404

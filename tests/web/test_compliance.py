@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+
+from audit.events import Action, Outcome
+from folders.disclosures import DEFAULT_PURPOSE
+from folders.errors import NotFound
+from folders.runtime import Runtime
+from tests.support.people import Cast
+from tests.web import helpers
+from tests.web.helpers import Clock, events, post, share_folder, signed_in, upload_pdf
+
+# This module's fixtures: a clock the test moves, and cheap Argon2id (tests.web.helpers).
+clock = helpers.clock
+runtime = helpers.runtime
+
+
+def _sequences(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'<th scope="row">(\d+)</th>', html)]
+
+
+def _story(runtime: Runtime, cast: Cast) -> None:
+    """Upload, share, a guardian download, a revoke and a denied retry."""
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    runtime.documents.open(cast.parent, document.id)
+    [grant] = runtime.grants.list_for_student(cast.registrar, cast.child.id)
+    runtime.grants.revoke(cast.registrar, grant.id, "Request closed")
+    with pytest.raises(NotFound):
+        runtime.documents.open(cast.parent, document.id)
+
+
+def test_search_by_actor_action_outcome_student_and_dates(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    _story(runtime, cast)
+    client = signed_in(app, cast.compliance.email)
+
+    signed_in(app, cast.parent.email)
+    by_actor = client.get("/compliance/", query_string={"actor": cast.parent.email.upper()})
+    rows = _sequences(by_actor.get_data(as_text=True))
+    mine = [e.sequence for e in runtime.audit_log.query(actor_email=cast.parent.email).items]
+    assert rows == mine and len(rows) == 3  # login, denied retry, download: newest first
+    assert "auth.login" in by_actor.get_data(as_text=True)
+
+    html = client.get(
+        "/compliance/", query_string={"student": cast.child.district_id, "action": "grant.revoke"}
+    ).get_data(as_text=True)
+    assert "1 event<" in html and "Request closed" in html
+
+    denied = client.get("/compliance/", query_string={"outcome": "denied"}).get_data(as_text=True)
+    assert "1 event<" in denied and ">access.denied</td>" in denied
+
+    today = clock().date()
+    in_range = client.get(
+        "/compliance/",
+        query_string={
+            "since": today.isoformat(),
+            "until": today.isoformat(),
+            "action": "document.upload",
+        },
+    )
+    assert "1 event<" in in_range.get_data(as_text=True)
+    before = client.get(
+        "/compliance/", query_string={"until": (today - timedelta(days=1)).isoformat()}
+    )
+    assert "0 events" in before.get_data(as_text=True)
+
+    searches = events(runtime, Action.AUDIT_QUERY)
+    assert len(searches) == 5 and searches[0].event.actor_email == cast.compliance.email
+
+
+def test_search_form_errors_and_pagination(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    client = signed_in(app, cast.compliance.email)
+    bad = client.get(
+        "/compliance/",
+        query_string={
+            "student": "NO-SUCH",
+            "document": "x",
+            "since": "yesterday",
+            "action": "nope",
+        },
+    )
+    html = bad.get_data(as_text=True)
+    assert bad.status_code == 400
+    for field in ("student", "document", "since", "action"):
+        assert f'id="{field}-error"' in html
+
+    for n in range(60):
+        runtime.students.add_student(cast.registrar, f"B-{n}", "Bulk", f"Student{n}")
+    first = client.get("/compliance/", query_string={"action": "student.create"})
+    page = first.get_data(as_text=True)
+    assert "62 events" in page and "Page 1 of 2" in page and len(_sequences(page)) == 50
+    second = client.get("/compliance/", query_string={"action": "student.create", "page": 2})
+    assert len(_sequences(second.get_data(as_text=True))) == 12
+
+
+def test_export_csv_is_streamed_and_audited(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    _story(runtime, cast)
+    client = signed_in(app, cast.compliance.email)
+    response = client.get(
+        "/compliance/export.csv", query_string={"student": cast.child.district_id}
+    )
+    assert response.status_code == 200 and response.is_streamed
+    assert response.headers["Content-Type"].startswith("text/csv")
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    actions = [row["action"] for row in rows]
+    for action in (
+        "student.create",
+        "document.upload",
+        "grant.create",
+        "document.download",
+        "grant.revoke",
+    ):
+        assert action in actions
+    assert {row["student_id"] for row in rows} == {str(cast.child.id)}
+    # The export itself is recorded, before its rows were read, so it is in the file.
+    assert actions[-1] == "audit.export"
+    export_event = events(runtime, Action.AUDIT_EXPORT)[0].event
+    assert export_event.student_id == str(cast.child.id)
+    assert export_event.actor_email == cast.compliance.email
+
+
+def test_verify_shows_result_and_latest_checkpoint(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    _story(runtime, cast)
+    runtime.audit_log.checkpoint()
+    client = signed_in(app, cast.compliance.email)
+    before = client.get("/compliance/verify").get_data(as_text=True)
+    assert "Events sealed" in before and "The log verifies" not in before
+
+    html = post(client, "/compliance/verify").get_data(as_text=True)
+    assert "The log verifies" in html
+    size = runtime.audit_log.latest_checkpoint()
+    assert size is not None and f"<dd>{size.checkpoint.tree_size}</dd>" in html
+    [verified] = events(runtime, Action.AUDIT_VERIFY)
+    assert verified.event.outcome is Outcome.ALLOWED and verified.event.detail.startswith("ok")
+
+
+def test_printable_record_of_disclosures(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    _story(runtime, cast)
+    document = runtime.documents.list_folder(cast.registrar, cast.child.id)[0]
+    runtime.documents.open(cast.registrar, document.id, purpose=DEFAULT_PURPOSE)
+    client = signed_in(app, cast.compliance.email)
+
+    found = client.get(
+        "/compliance/disclosures", query_string={"district_id": cast.child.district_id}
+    )
+    assert found.status_code == 302
+    html = client.get(found.headers["Location"]).get_data(as_text=True)
+    assert "Record of disclosures" in html and "Lucia Lopez" in html
+    for text in (
+        "Downloaded a document",
+        cast.parent.email,
+        DEFAULT_PURPOSE,
+        "Shared records with a guardian",
+        "Request closed",
+    ):
+        assert text in html
+    assert "Amara" not in html
+    assert (
+        client.get("/compliance/disclosures", query_string={"district_id": "NOPE"}).status_code
+        == 404
+    )
+    assert events(runtime, Action.AUDIT_QUERY)[0].event.student_id == str(cast.child.id)
+    with client.get("/static/satchel.css") as css:
+        assert "@media print" in css.get_data(as_text=True)
+
+
+def test_compliance_cannot_open_records(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    client = signed_in(app, cast.compliance.email)
+    url = f"/registrar/documents/{document.id}/versions/{document.current.id}"
+    assert client.get(url, query_string={"purpose": DEFAULT_PURPOSE}).status_code == 403
+    assert client.get(f"/guardian/documents/{document.id}/download").status_code == 403

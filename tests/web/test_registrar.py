@@ -1,0 +1,287 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import uuid
+from datetime import timedelta
+
+from flask import Flask
+
+from audit.events import Action
+from folders.categories import Category
+from folders.disclosures import DEFAULT_PURPOSE
+from folders.grants import GrantStatus
+from folders.models import GrantScope
+from folders.runtime import Runtime
+from tests.support import samples
+from tests.support.people import Cast
+from tests.web import helpers
+from tests.web.helpers import Clock, events, post, share_folder, signed_in, upload_pdf
+
+# This module's fixtures: a clock the test moves, and cheap Argon2id (tests.web.helpers).
+clock = helpers.clock
+runtime = helpers.runtime
+
+
+def test_find_students_by_name_and_id_paginated(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    for n in range(27):
+        runtime.students.add_student(cast.registrar, f"P-{n:03d}", f"Pat{n:02d}", "Paginated")
+    client = signed_in(app, cast.registrar.email)
+
+    by_name = client.get("/registrar/?q=lucia").get_data(as_text=True)
+    assert "Lopez, Lucia" in by_name and "Okafor" not in by_name
+    assert "Okafor, Amara" in client.get("/registrar/?q=S-2").get_data(as_text=True)
+
+    first = client.get("/registrar/?q=paginated").get_data(as_text=True)
+    assert "27 students" in first and "Page 1 of 2" in first
+    assert first.count("Paginated, Pat") == 25
+    second = client.get("/registrar/?q=paginated&page=2").get_data(as_text=True)
+    assert second.count("Paginated, Pat") == 2 and 'rel="prev"' in second
+
+
+def test_multi_file_upload_stores_good_files_and_reports_each_refusal(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/upload"
+    assert client.get(url).status_code == 200
+    response = post(
+        client,
+        url,
+        {
+            "form": "multi",
+            "category": "report_card",
+            "school_year": "2025-2026",
+            "files": [
+                (io.BytesIO(samples.make_pdf(pages=1)), "fall_report_card.pdf"),
+                (io.BytesIO(samples.html_document()), "sneaky.pdf"),
+                (io.BytesIO(samples.make_png()), "scan-2.png"),
+            ],
+        },
+        content_type="multipart/form-data",
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "2 files were stored" in html and "1 file was not stored" in html
+    rejected = re.search(r'<div role="alert" class="rejected">(.*?)</div>', html, re.S)
+    assert rejected is not None and "sneaky.pdf" in rejected.group(1)
+    assert "fall report card" in html  # titles default from file names
+    folder = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    assert sorted(d.title for d in folder) == ["fall report card", "scan-2"]
+    assert all(d.category is Category.REPORT_CARD and d.school_year == "2025-2026" for d in folder)
+
+
+def test_single_upload_uses_the_title_and_all_refused_is_422(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/upload"
+    ok = post(
+        client,
+        url,
+        {
+            "form": "single",
+            "title": "Immunization record",
+            "category": "immunization",
+            "school_year": "",
+            "files": (io.BytesIO(samples.make_pdf(pages=1)), "imm.pdf"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert ok.status_code == 200
+    [document] = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    assert (document.title, document.school_year) == ("Immunization record", None)
+
+    refused = post(
+        client,
+        url,
+        {
+            "form": "single",
+            "title": "",
+            "category": "health",
+            "school_year": "2025-2026",
+            "files": (io.BytesIO(samples.pdf_with_open_action_javascript()), "nurse.pdf"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422
+    assert "JavaScript" in refused.get_data(as_text=True)
+    assert len(runtime.documents.list_folder(cast.registrar, cast.child.id)) == 1
+
+
+def test_upload_form_errors_are_tied_to_their_fields(app: Flask, cast: Cast) -> None:
+    client = signed_in(app, cast.registrar.email)
+    response = post(
+        client,
+        f"/registrar/students/{cast.child.id}/upload",
+        {
+            "form": "multi",
+            "category": "no-such-thing",
+            "school_year": "2025-2027",
+        },
+        content_type="multipart/form-data",
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    for field in ("multi-category", "multi-school_year", "multi-files"):
+        assert f'id="{field}-error"' in html
+        assert re.search(rf'id="{field}"[^>]*aria-describedby="[^"]*{field}-error', html, re.S)
+    assert 'href="#multi-category"' in html  # the error summary links to the field
+
+
+def test_folder_by_category_with_versions_and_corrected_version(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    report, _ = upload_pdf(runtime, cast, cast.child)
+    upload_pdf(runtime, cast, cast.child, "Hearing screening", Category.HEALTH)
+    client = signed_in(app, cast.registrar.email)
+    folder = client.get(f"/registrar/students/{cast.child.id}").get_data(as_text=True)
+    assert folder.index("Report card</h2>") < folder.index("Health record</h2>")
+
+    corrected = samples.make_pdf(pages=3, text="corrected")
+    response = post(
+        client,
+        f"/registrar/documents/{report.id}/versions",
+        {"file": (io.BytesIO(corrected), "corrected.pdf")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 302
+    page = client.get(f"/registrar/documents/{report.id}").get_data(as_text=True)
+    assert "Version 2 (current)" in page and "Version 1" in page and "corrected.pdf" in page
+    assert events(runtime, Action.DOCUMENT_METADATA)[0].event.document_id == str(report.id)
+
+    refused = post(
+        client,
+        f"/registrar/documents/{report.id}/versions",
+        {"file": (io.BytesIO(samples.zip_archive()), "c.pdf")},
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422 and 'id="file-error"' in refused.get_data(as_text=True)
+
+
+def test_staff_open_a_version_for_a_stated_purpose(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    document, data = upload_pdf(runtime, cast, cast.child)
+    version = document.current.id
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/documents/{document.id}/versions/{version}"
+    assert client.get(url).status_code == 400  # no purpose
+    assert client.get(url, query_string={"purpose": "curiosity"}).status_code == 400
+
+    response = client.get(url, query_string={"purpose": DEFAULT_PURPOSE, "mode": "download"})
+    assert response.status_code == 200
+    assert hashlib.sha256(response.get_data()).digest() == hashlib.sha256(data).digest()
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    recorded = events(runtime, Action.DOCUMENT_DOWNLOAD)[0].event
+    assert (recorded.purpose, recorded.actor_email) == (DEFAULT_PURPOSE, cast.registrar.email)
+
+    viewed = client.get(url, query_string={"purpose": "Correction or review", "mode": "view"})
+    assert viewed.headers["Content-Disposition"].startswith("inline;")
+    assert events(runtime, Action.DOCUMENT_PREVIEW)[0].event.purpose == "Correction or review"
+
+
+def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/guardians"
+    unknown = post(client, url, {"email": "nobody@home.example", "relationship": "parent"})
+    assert unknown.status_code == 400 and 'id="email-error"' in unknown.get_data(as_text=True)
+
+    linked = post(client, url, {"email": cast.other_parent.email, "relationship": "guardian"})
+    assert linked.status_code == 302
+    page = client.get(url).get_data(as_text=True)
+    assert cast.other_parent.email in page and "Restricted" not in page
+
+    no_reason = post(client, f"{url}/{cast.other_parent.user_id}/restrict", {"reason": " "})
+    assert no_reason.status_code == 400
+    restricted = post(
+        client, f"{url}/{cast.other_parent.user_id}/restrict", {"reason": "Court order 2025-114"}
+    )
+    assert restricted.status_code == 302
+    page = client.get(url).get_data(as_text=True)
+    assert "Restricted</strong> Court order 2025-114" in page
+    # Nothing can be shared with a restricted guardian, and the form does not offer them.
+    sharing = client.get(f"/registrar/students/{cast.child.id}/sharing").get_data(as_text=True)
+    assert f'value="{cast.other_parent.email}"' not in sharing
+    refused = post(
+        client,
+        f"/registrar/students/{cast.child.id}/grants",
+        {"guardian": cast.other_parent.email, "scope": "folder"},
+    )
+    assert refused.status_code == 400 and "restricted" in refused.get_data(as_text=True)
+
+
+def test_grant_document_category_and_folder_then_revoke_with_reason(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/grants"
+    last_day = (clock() + timedelta(days=30)).date()
+    for form in (
+        {"scope": "document", "document": str(document.id)},
+        {"scope": "category", "category": "health"},
+        {"scope": "folder", "expires": last_day.isoformat(), "reason": "Enrolment"},
+    ):
+        response = post(client, url, {"guardian": cast.parent.email, **form})
+        assert response.status_code == 302, response.get_data(as_text=True)
+    grants = runtime.grants.list_for_student(cast.registrar, cast.child.id)
+    assert {g.scope for g in grants} == set(GrantScope)
+    folder_grant = next(g for g in grants if g.scope is GrantScope.FOLDER)
+    assert folder_grant.expires_at is not None
+    assert folder_grant.expires_at.date() == last_day
+
+    page = client.get(f"/registrar/students/{cast.child.id}/sharing").get_data(as_text=True)
+    assert page.count('class="grant"') == 3
+
+    revoke = f"{url}/{folder_grant.id}/revoke"
+    assert post(client, revoke, {"reason": ""}).status_code == 400
+    assert post(client, revoke, {"reason": "Moved away"}).status_code == 302
+    [revoked] = [
+        g
+        for g in runtime.grants.list_for_student(
+            cast.registrar, cast.child.id, include_inactive=True
+        )
+        if g.id == folder_grant.id
+    ]
+    assert (revoked.status, revoked.revoke_reason) == (GrantStatus.REVOKED, "Moved away")
+    assert post(client, revoke, {"reason": "again"}).status_code == 404  # not active any more
+
+
+def test_grant_form_rejects_bad_input(app: Flask, cast: Cast, clock: Clock) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/grants"
+    yesterday = (clock() - timedelta(days=1)).date().isoformat()
+    cases = [
+        ({"scope": "category"}, "category"),
+        ({"scope": "document", "document": "not-an-id"}, "document"),
+        ({"scope": "document", "document": str(uuid.uuid4())}, "document"),
+        ({"scope": "folder", "expires": "next week"}, "expires"),
+        ({"scope": "folder", "expires": yesterday}, "expires"),
+    ]
+    for form, field in cases:
+        response = post(client, url, {"guardian": cast.parent.email, **form})
+        assert response.status_code == 400, form
+        assert f'id="{field}-error"' in response.get_data(as_text=True), form
+
+
+def test_a_grant_is_revoked_only_through_its_own_student(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    share_folder(runtime, cast, cast.other_child, cast.other_parent.email)
+    [grant] = runtime.grants.list_for_student(cast.registrar, cast.other_child.id)
+    client = signed_in(app, cast.registrar.email)
+    wrong = f"/registrar/students/{cast.child.id}/grants/{grant.id}/revoke"
+    assert post(client, wrong, {"reason": "typo"}).status_code == 404
+    assert runtime.grants.list_for_student(cast.registrar, cast.other_child.id)[0].id == grant.id
+
+
+def test_titles_and_names_are_escaped(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    upload_pdf(runtime, cast, cast.child, title='<script>alert("x")</script>')
+    client = signed_in(app, cast.registrar.email)
+    html = client.get(f"/registrar/students/{cast.child.id}").get_data(as_text=True)
+    assert "<script>" not in html and "&lt;script&gt;" in html

@@ -1,0 +1,75 @@
+"""Small helpers shared by the role blueprints: request parsing and template filters."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+
+from flask import Blueprint, request
+
+from folders.categories import RETENTION, Category
+from folders.grants import GrantInfo
+from folders.models import GrantScope
+
+
+def page_number() -> int:
+    """The ``page`` query parameter as a positive number (1 when absent or malformed)."""
+    raw = request.args.get("page", "1")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 1_000_000 else 1
+
+
+def form_text(name: str) -> str:
+    return request.form.get(name, "").strip()
+
+
+def end_of_day(day: date) -> datetime:
+    """The last second of ``day`` in UTC: access "until" a date includes that day."""
+    return datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
+
+
+def start_of_day(day: date) -> datetime:
+    return datetime.combine(day, time(0, 0), tzinfo=UTC)
+
+
+def parse_day(text: str) -> date | None:
+    """``YYYY-MM-DD`` or empty; ValueError for anything else."""
+    return date.fromisoformat(text) if text else None
+
+
+def when(moment: datetime | None) -> str:
+    """A timestamp as shown on every page: minutes, UTC, unambiguous."""
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def category_label(category: Category | str | None) -> str:
+    if category is None:
+        return ""
+    try:
+        return RETENTION[Category(category)].label
+    except ValueError:
+        return str(category)
+
+
+def scope_phrase(grant: GrantInfo) -> str:
+    """What a grant covers, as it reads in a sentence."""
+    if grant.scope is GrantScope.FOLDER:
+        return "the whole folder"
+    if grant.scope is GrantScope.CATEGORY:
+        return f"the category {category_label(grant.category)}"
+    return f"the document “{grant.document_title}”"
+
+
+def register_filters(bp: Blueprint) -> None:
+    bp.add_app_template_filter(when, "when")
+    bp.add_app_template_filter(size, "size")
+    bp.add_app_template_filter(category_label, "category_label")
+    bp.add_app_template_filter(scope_phrase, "scope_phrase")
