@@ -14,7 +14,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from audit.events import Action
+from audit.log import AuditLog
 from folders.actor import Actor, RequestContext
+from folders.auditing import event_for
 from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Role, User
 
@@ -57,10 +60,12 @@ class Accounts:
         self,
         engine: Engine,
         clock: Callable[[], datetime],
+        audit: AuditLog,
         hasher: PasswordHasher | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
+        self._audit = audit
         self._hasher = hasher or PasswordHasher()  # argon2-cffi's default is Argon2id
         self._dummy_hash = self._hasher.hash(_TIMING_DUMMY_PASSWORD)
 
@@ -73,7 +78,8 @@ class Accounts:
         display_name: str | None = None,
         password: str | None = None,
     ) -> UserInfo:
-        """Create an account; Conflict if the email is taken, InvalidInput on bad values."""
+        """Create an account (audited); Conflict if the email is taken, InvalidInput on bad
+        values, AuditUnavailable (then no account exists)."""
         self._require_admin(actor)
         address = normalize_email(email)
         if password is not None:
@@ -89,6 +95,11 @@ class Accounts:
         try:
             with Session(self._engine, expire_on_commit=False) as session, session.begin():
                 session.add(user)
+                session.flush()
+                self._audit.append(
+                    session,
+                    event_for(actor, Action.USER_CREATE, detail=f"{address} ({role.value})"),
+                )
         except IntegrityError:
             raise Conflict(f"An account with the email {address} already exists.") from None
         return _info(user)
@@ -100,7 +111,15 @@ class Accounts:
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
             user.password_hash = self._hasher.hash(password)
+            self._audit.append(
+                session, event_for(actor, Action.USER_UPDATE, detail=f"{user.email}: password set")
+            )
         return _info(user)
+
+    def hash_password(self, password: str) -> str:
+        """The Argon2id hash of an acceptable password; InvalidInput if it is too weak."""
+        check_password_strength(password)
+        return self._hasher.hash(password)
 
     def disable(self, actor: Actor, email: str) -> UserInfo:
         """Disable an account so it can no longer log in; NotFound for an unknown email."""
@@ -108,6 +127,7 @@ class Accounts:
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
             user.active = False
+            self._audit.append(session, event_for(actor, Action.USER_DISABLE, detail=user.email))
         return _info(user)
 
     def list_users(self, actor: Actor, role: Role | None = None) -> list[UserInfo]:

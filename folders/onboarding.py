@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from audit.events import Action
 from audit.log import AuditLog
-from folders.accounts import Accounts, UserInfo, check_password_strength
+from folders.accounts import Accounts, UserInfo
 from folders.actor import Actor, RequestContext
 from folders.auditing import event_for
 from folders.errors import Forbidden, InvalidInput, NotFound
@@ -73,11 +73,7 @@ class Onboarding:
         Raises Forbidden, Conflict (email taken), InvalidInput, AuditUnavailable.
         """
         _require_admin(actor)
-        user = self._accounts.add_user(actor, email, role, display_name=display_name)
-        self._audit.record(
-            event_for(actor, Action.USER_CREATE, detail=f"{user.email} ({user.role.value})")
-        )
-        return user
+        return self._accounts.add_user(actor, email, role, display_name=display_name)
 
     def disable_account(self, actor: Actor, user_id: uuid.UUID) -> UserInfo:
         """Disable an account: it cannot log in, and its unused links stop working.
@@ -89,9 +85,7 @@ class Onboarding:
         if actor.user_id == user_id:
             raise InvalidInput("You cannot disable your own account.")
         target = self._accounts.get(user_id)
-        user = self._accounts.disable(actor, target.email)
-        self._audit.record(event_for(actor, Action.USER_DISABLE, detail=user.email))
-        return user
+        return self._accounts.disable(actor, target.email)
 
     def issue(self, actor: Actor, user_id: uuid.UUID) -> IssuedLink:
         """A fresh link for an active account (admins); older unused links stop working.
@@ -142,7 +136,7 @@ class Onboarding:
         Raises InvalidInput (weak password; the token stays usable), NotFound
         (unknown, used or expired token, or disabled account), AuditUnavailable.
         """
-        check_password_strength(password)
+        password_hash = self._accounts.hash_password(password)
         now = self._clock()
         with Session(self._engine) as session, session.begin():
             row = self._usable(session, token, now)
@@ -158,17 +152,19 @@ class Onboarding:
                 raise NotFound("This link has already been used.")
             user = session.get(User, row.user_id)
             assert user is not None
-            email, user_id, role = user.email, user.id, user.role
-            actor = Actor(user_id, role, email, context)
+            # The token claim, the new password and the event commit together.
+            user.password_hash = password_hash
+            actor = Actor(user.id, user.role, user.email, context)
             self._audit.append(
                 session,
                 event_for(
-                    actor, Action.USER_UPDATE, detail=f"{email}: password set with a one-time link"
+                    actor,
+                    Action.USER_UPDATE,
+                    detail=f"{user.email}: password set with a one-time link",
                 ),
             )
-        # The account service owns password hashing; the token is already spent, so a
-        # failure here leaves the account as it was and needs a new link.
-        return self._accounts.set_password(Actor.operator("password-link"), email, password)
+            user_id = user.id
+        return self._accounts.get(user_id)
 
     def _usable(self, session: Session, token: str, now: datetime) -> PasswordToken:
         digest = _digest(token)

@@ -93,7 +93,7 @@ class Runtime:
 
     @cached_property
     def accounts(self) -> Accounts:
-        return Accounts(self.engine, self.clock, self._password_hasher)
+        return Accounts(self.engine, self.clock, self.audit_log, self._password_hasher)
 
     @cached_property
     def students(self) -> Students:

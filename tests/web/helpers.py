@@ -22,7 +22,6 @@ from werkzeug.test import TestResponse
 
 from audit.events import Action, RecordedEvent
 from config import Settings
-from folders.accounts import Accounts
 from folders.bootstrap import initialize
 from folders.categories import Category
 from folders.documents import DocumentInfo
@@ -61,11 +60,9 @@ def runtime(settings: Settings, clock: Clock) -> Iterator[Runtime]:
     a second on a small machine, and these tests create accounts and log in many times.
     The algorithm and every code path are the same.
     """
-    runtime = Runtime(settings, clock=clock)
+    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    runtime = Runtime(settings, clock=clock, password_hasher=hasher)
     initialize(runtime)
-    runtime.accounts = Accounts(
-        runtime.engine, clock, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    )
     yield runtime
     runtime.close()
 
