@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+from audit.models import AuditBase
 from folders.models import Base
 
 engine = context.config.attributes.get("engine")
@@ -14,7 +15,7 @@ if not isinstance(engine, Engine):
 with engine.begin() as connection:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=[Base.metadata, AuditBase.metadata],
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

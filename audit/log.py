@@ -1,0 +1,663 @@
+"""The audit log: append events, seal them in signed checkpoints, query, prove, verify.
+
+- :meth:`AuditLog.append` writes an event inside the caller's transaction, so it commits
+  or rolls back with the change it records (fail closed); :meth:`AuditLog.record` is the
+  same in a transaction of its own.
+- Sequence numbers come from the one-row ``audit_head`` table: an append first increments
+  it, which takes a lock every other append must wait for (a row lock on PostgreSQL, the
+  database write lock on SQLite) until the transaction ends. Numbers are therefore
+  gapless and committed in order, across any number of processes.
+- :meth:`AuditLog.checkpoint` seals every committed event in an Ed25519-signed RFC 9162
+  tree head, stored in SQL and in the object store. The tree is kept in memory and only
+  extended, so a checkpoint costs the new events, not the whole log.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from audit.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
+from audit.errors import AuditError, AuditUnavailable, ProofError
+from audit.events import (
+    GENESIS_HASH,
+    PAYLOAD_FIELDS,
+    Action,
+    Event,
+    Outcome,
+    RecordedEvent,
+    decode_entry,
+    entry_from_values,
+    event_values,
+    format_time,
+)
+from audit.merkle import MerkleAccumulator, leaf_hash, verify_inclusion
+from audit.models import CHECKPOINTS, EVENTS, HEAD
+from audit.verify import CHECKPOINT_PREFIX, VerifyReport, checkpoint_key, verify_log
+from storage.errors import ObjectNotFound, StorageError
+from storage.objects import ObjectStore
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "AuditLog",
+    "EventFilter",
+    "EventNotFound",
+    "InclusionProof",
+    "Page",
+    "checkpoint_key",
+]
+
+T = TypeVar("T")
+
+_logger = logging.getLogger(__name__)
+
+MAX_PER_PAGE = 500
+_STREAM_BATCH = 10_000
+
+_NEXT_SEQUENCE = (
+    update(HEAD)
+    .where(HEAD.c.id == 1)
+    .values(last_sequence=HEAD.c.last_sequence + 1)
+    .returning(HEAD.c.last_sequence, HEAD.c.last_leaf_hash)
+)
+_INSERT_EVENT = insert(EVENTS).values(
+    {column.name: bindparam(column.name, type_=column.type) for column in EVENTS.c}
+)
+_ADVANCE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(last_leaf_hash=bindparam("leaf_hash"))
+# PostgreSQL runs both in one statement (a data-modifying WITH), saving a round trip
+# per append; the INSERT runs to completion although the UPDATE does not read it.
+_INSERT_AND_ADVANCE = _ADVANCE_HEAD.add_cte(_INSERT_EVENT.cte("appended"))
+_LOG_SIZE = select(func.coalesce(func.max(EVENTS.c.sequence), 0))
+_LATEST_NOTE = select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)
+_PENDING = select(
+    HEAD.c.last_sequence,
+    select(func.max(CHECKPOINTS.c.tree_size)).scalar_subquery(),
+    select(CHECKPOINTS.c.signed_at)
+    .order_by(CHECKPOINTS.c.tree_size.desc())
+    .limit(1)
+    .scalar_subquery(),
+)
+
+
+class EventNotFound(AuditError):
+    """No event has the requested sequence number (or it is not sealed yet)."""
+
+    public_message = "No such audit event."
+
+    def __init__(self, sequence: int) -> None:
+        super().__init__(f"no audit event with sequence number {sequence}")
+        self.sequence = sequence
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a query or export selects; ``since`` is inclusive, ``until`` exclusive.
+
+    Raises ``ValueError`` for a naive ``since`` or ``until``.
+    """
+
+    actor_email: str | None = None
+    actor_id: str | None = None
+    student_id: str | None = None
+    document_id: str | None = None
+    action: Action | None = None
+    outcome: Outcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for bound in (self.since, self.until):
+            if bound is not None and bound.utcoffset() is None:
+                raise ValueError("audit query times must be timezone-aware")
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        for name in ("actor_email", "actor_id", "student_id", "document_id", "action", "outcome"):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(EVENTS.c[name] == str(value))
+        if self.since is not None:
+            clauses.append(EVENTS.c.recorded_at >= self.since)
+        if self.until is not None:
+            clauses.append(EVENTS.c.recorded_at < self.until)
+        return clauses
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of results and the total number of matches."""
+
+    items: tuple[T, ...]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.page > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Evidence that ``event`` is leaf ``event.sequence - 1`` of the signed ``checkpoint``.
+
+    ``hashes`` is the RFC 9162 §2.1.3.1 inclusion proof (audit path), bottom-up.
+    """
+
+    event: RecordedEvent
+    checkpoint: SignedCheckpoint
+    hashes: tuple[bytes, ...]
+
+    @property
+    def leaf_index(self) -> int:
+        return self.event.sequence - 1
+
+
+def _reason(error: Exception) -> str:
+    # The driver's own message names the failure; SQLAlchemy's text would add the
+    # statement's parameters, i.e. the event's personal data, to the logs.
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+
+
+class AuditLog:
+    """The append-only, tamper-evident audit log (DESIGN §6).
+
+    ``origin`` names the log in its checkpoints. ``retention_days``, when set, writes
+    each checkpoint to the object store under COMPLIANCE retention for that many days
+    (the bucket must have Object Lock). A checkpoint is due once ``checkpoint_every``
+    events, or any events older than ``checkpoint_interval``, are unsealed.
+    Raises ``ValueError`` for a non-positive ``checkpoint_every`` or ``retention_days``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: CheckpointSigner,
+        store: ObjectStore,
+        clock: Callable[[], datetime],
+        *,
+        origin: str,
+        retention_days: int | None = None,
+        checkpoint_every: int = 256,
+        checkpoint_interval: timedelta = timedelta(minutes=5),
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        if retention_days is not None and retention_days < 1:
+            raise ValueError("retention_days must be at least 1")
+        self._engine = engine
+        self._signer = signer
+        self._verifier = signer.verifier()
+        self._store = store
+        self._clock = clock
+        self._origin = origin
+        self._retention_days = retention_days
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        # The Merkle tree over every event this object has sealed or checked, and the
+        # leaf hash of its last event; guarded by _tree_lock.
+        self._tree_lock = threading.Lock()
+        self._tree = MerkleAccumulator()
+        self._tree_head = GENESIS_HASH
+
+    # Appending --------------------------------------------------------------------------
+
+    def append(self, session: Session, event: Event) -> RecordedEvent:
+        """Write ``event`` inside ``session``'s open transaction and return it as stored.
+
+        The event commits or rolls back with the caller's transaction. The sequence
+        lock is held until that transaction ends, so keep it short; on PostgreSQL the
+        transaction must run at READ COMMITTED (the default), since a stricter level
+        turns concurrent appends into serialisation failures. Raises
+        :class:`AuditUnavailable` if the event cannot be written; the caller must then
+        let its transaction roll back (leaving ``with session.begin():`` by the
+        exception does that), so the action it records does not happen.
+        """
+        try:
+            return self._append(session.connection(), event)
+        except (SQLAlchemyError, ValueError) as e:
+            raise AuditUnavailable(f"the audit event could not be written: {_reason(e)}") from e
+
+    def record(self, event: Event) -> RecordedEvent:
+        """Write ``event`` in a transaction of its own (views, failed logins, denials).
+
+        Returns once the event is committed. Raises :class:`AuditUnavailable`.
+        """
+        try:
+            with self._engine.begin() as connection:
+                return self._append(connection, event)
+        except (SQLAlchemyError, ValueError) as e:
+            raise AuditUnavailable(f"the audit event could not be written: {_reason(e)}") from e
+
+    def _append(self, connection: Connection, event: Event) -> RecordedEvent:
+        # SECURITY: incrementing the counter first takes the lock that serialises
+        # appends; the row it returns is the committed head, never a stale snapshot.
+        sequence, previous = connection.execute(_NEXT_SEQUENCE).one()
+        # Read after taking the lock, so times never run backwards along the sequence.
+        now = self._clock()
+        if now.utcoffset() is None:
+            raise ValueError("the clock returned a naive datetime")
+        recorded_at = now.astimezone(UTC)
+        values = event_values(event)
+        entry = entry_from_values(sequence, format_time(recorded_at), previous.hex(), values)
+        leaf = leaf_hash(entry)
+        row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, values, strict=True))
+        row.update(sequence=sequence, recorded_at=recorded_at, entry=entry, leaf_hash=leaf)
+        if connection.dialect.name == "postgresql":
+            connection.execute(_INSERT_AND_ADVANCE, row)
+        else:
+            connection.execute(_INSERT_EVENT, row)
+            connection.execute(_ADVANCE_HEAD, {"leaf_hash": leaf})
+        return RecordedEvent(sequence, recorded_at, event, previous, entry, leaf)
+
+    # Checkpoints ------------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> SignedCheckpoint | None:
+        """The newest checkpoint in SQL, or None before the first one.
+
+        Raises :class:`AuditUnavailable`, or :class:`AuditError` if its signature does not
+        verify.
+        """
+        try:
+            with self._engine.connect() as connection:
+                note = connection.execute(_LATEST_NOTE).scalar()
+        except SQLAlchemyError as e:
+            raise AuditUnavailable(f"cannot read audit checkpoints: {_reason(e)}") from e
+        return None if note is None else self._verified(note)
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """Seal every committed event: sign a checkpoint, store it in the object store, then SQL.
+
+        The object-store copy is written first, so every checkpoint in SQL has its copy
+        outside the database. Returns the latest checkpoint unchanged when it already
+        covers every event (writing its copy again if that went missing). Raises
+        :class:`AuditUnavailable` when the database or object store fails (nothing is
+        then recorded in SQL), and :class:`AuditError`, signing nothing, when the stored
+        events no longer match the latest checkpoint or do not chain.
+        """
+        with self._tree_lock:
+            try:
+                latest, signed = self._sign()
+            except SQLAlchemyError as e:
+                raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
+            if signed is None:
+                assert latest is not None
+                self._publish(latest, replace=False)
+                return latest
+            self._publish(signed, replace=True)
+            checkpoint = signed.checkpoint
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(
+                        insert(CHECKPOINTS).values(
+                            tree_size=checkpoint.tree_size,
+                            root_hash=checkpoint.root_hash,
+                            signed_at=checkpoint.timestamp,
+                            note=signed.note,
+                        )
+                    )
+            except IntegrityError:
+                # Another process sealed the same tree size first; its checkpoint seals
+                # the same tree head, so it stands.
+                winner = self.latest_checkpoint()
+                if winner is None:
+                    raise AuditUnavailable("a concurrent audit checkpoint vanished") from None
+                return winner
+            except SQLAlchemyError as e:
+                raise AuditUnavailable(f"cannot write an audit checkpoint: {_reason(e)}") from e
+            return signed
+
+    def maybe_checkpoint(self) -> None:
+        """Seal the log if a checkpoint is due; one cheap query when it is not.
+
+        Meant to run after a commit, so it never raises: the action it follows already
+        happened and is recorded. A failure is logged and the next call, or
+        ``satchel audit checkpoint``, tries again; ``satchel audit verify`` reports
+        what a refusal to sign was about.
+        """
+        try:
+            with self._engine.connect() as connection:
+                last, sealed, sealed_at = connection.execute(_PENDING).one()
+            pending = last - (sealed or 0)
+            if pending <= 0:
+                return
+            if (
+                pending >= self._checkpoint_every
+                or sealed_at is None
+                or self._clock() - sealed_at >= self._checkpoint_interval
+            ):
+                self.checkpoint()
+        except (SQLAlchemyError, AuditError) as e:
+            reason = _reason(e) if isinstance(e, SQLAlchemyError) else str(e)
+            _logger.warning("audit checkpoint not made: %s", reason)
+
+    def _sign(self) -> tuple[SignedCheckpoint | None, SignedCheckpoint | None]:
+        """The latest checkpoint, and a new one if events were committed since."""
+        with self._engine.connect() as connection:
+            size = connection.execute(_LOG_SIZE).scalar_one()
+            note = connection.execute(_LATEST_NOTE).scalar()
+            latest = None if note is None else self._verified(note)
+            if latest is not None and latest.checkpoint.tree_size >= size:
+                if latest.checkpoint.tree_size > size:
+                    raise AuditError(
+                        f"the audit log ends at event {size} but checkpoint "
+                        f"{latest.checkpoint.tree_size} sealed more: it was truncated "
+                        "(run `satchel audit verify`)"
+                    )
+                return latest, None
+            self._extend_tree(connection, size, None if latest is None else latest.checkpoint)
+        checkpoint = Checkpoint(self._origin, size, self._tree.root(), self._clock())
+        return latest, self._signer.sign(checkpoint)
+
+    def _extend_tree(self, connection: Connection, size: int, latest: Checkpoint | None) -> None:
+        """Grow the in-memory tree to ``size`` events, checking what it takes in.
+
+        Events up to the latest checkpoint are taken by their stored leaf hashes and
+        must reproduce its root. Later events are decoded and must chain: each names
+        the leaf hash of the one before. Raises :class:`AuditError` otherwise.
+        """
+        tree = self._tree
+        if tree.size > size:
+            raise AuditError(
+                f"the audit log ends at event {size}, but event {tree.size} was already "
+                "sealed: it was truncated (run `satchel audit verify`)"
+            )
+        sealed = 0 if latest is None else latest.tree_size
+        if tree.size < sealed:
+            with connection.execute(
+                select(EVENTS.c.sequence, EVENTS.c.leaf_hash)
+                .where(EVENTS.c.sequence > tree.size, EVENTS.c.sequence <= sealed)
+                .order_by(EVENTS.c.sequence)
+                .execution_options(yield_per=_STREAM_BATCH)
+            ) as rows:
+                for sequence, stored_leaf in rows:
+                    if (
+                        sequence != tree.size + 1
+                        or not isinstance(stored_leaf, bytes)
+                        or len(stored_leaf) != len(GENESIS_HASH)
+                    ):
+                        break  # the root comparison below then fails
+                    tree.append(stored_leaf)
+                    self._tree_head = stored_leaf
+        if latest is not None and sealed > 0:
+            self._check_against(latest, sealed)
+        with connection.execute(
+            select(EVENTS.c.sequence, EVENTS.c.entry, EVENTS.c.leaf_hash)
+            .where(EVENTS.c.sequence > tree.size, EVENTS.c.sequence <= size)
+            .order_by(EVENTS.c.sequence)
+            .execution_options(yield_per=_STREAM_BATCH)
+        ) as rows:
+            for sequence, entry, stored_leaf in rows:
+                expected = tree.size + 1
+                try:
+                    decoded = decode_entry(entry)
+                except ValueError:
+                    decoded = None
+                leaf = leaf_hash(entry) if decoded is not None else b""
+                if (
+                    sequence != expected
+                    or decoded is None
+                    or not decoded.canonical
+                    or decoded.sequence != expected
+                    or decoded.previous_hash != self._tree_head
+                    or stored_leaf != leaf
+                ):
+                    raise AuditError(
+                        f"audit event {expected} does not chain to the events before it; "
+                        "refusing to sign a checkpoint (run `satchel audit verify`)"
+                    )
+                tree.append(leaf)
+                self._tree_head = leaf
+        if tree.size != size:
+            raise AuditError(
+                f"audit events up to {size} are not all present; refusing to sign a "
+                "checkpoint (run `satchel audit verify`)"
+            )
+
+    def _check_against(self, latest: Checkpoint, sealed: int) -> None:
+        """Raise :class:`AuditError` unless the tree's first ``sealed`` leaves give its root."""
+        if self._tree.size == sealed and self._tree.root() == latest.root_hash:
+            return
+        if self._tree.size > sealed:
+            return  # this process checked those events when it sealed or passed them
+        # Start over next time: the tree no longer describes a log we can vouch for.
+        self._tree = MerkleAccumulator()
+        self._tree_head = GENESIS_HASH
+        raise AuditError(
+            f"the stored audit events no longer match checkpoint {sealed}; refusing to "
+            "sign a new one (run `satchel audit verify`)"
+        )
+
+    def _publish(self, signed: SignedCheckpoint, *, replace: bool) -> None:
+        """Write ``signed`` to the object store (only if missing unless ``replace``)."""
+        checkpoint = signed.checkpoint
+        key = checkpoint_key(checkpoint.tree_size)
+        retain_until = (
+            None
+            if self._retention_days is None
+            else checkpoint.timestamp + timedelta(days=self._retention_days)
+        )
+        try:
+            if not replace:
+                try:
+                    self._store.head(key)
+                    return
+                except ObjectNotFound:
+                    pass
+            self._store.put(
+                key, io.BytesIO(signed.note), len(signed.note), retain_until=retain_until
+            )
+        except StorageError as e:
+            raise AuditUnavailable(
+                f"checkpoint {checkpoint.tree_size} could not be written to the object store: {e}"
+            ) from e
+
+    def _verified(self, note: bytes) -> SignedCheckpoint:
+        try:
+            checkpoint = self._verifier.verify(note)
+        except ProofError as e:
+            raise AuditError(
+                f"the latest audit checkpoint in SQL does not verify ({e}); "
+                "run `satchel audit verify`"
+            ) from e
+        return SignedCheckpoint(checkpoint, note)
+
+    # Reading ----------------------------------------------------------------------------
+
+    def query(
+        self,
+        *,
+        actor_email: str | None = None,
+        student_id: str | None = None,
+        document_id: str | None = None,
+        action: Action | None = None,
+        outcome: Outcome | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page: int = 1,
+        per_page: int = 50,
+    ) -> Page[RecordedEvent]:
+        """Events matching every given filter, newest first, one page at a time.
+
+        Each event is read from its signed entry (the queryable columns only select).
+        ``since`` is inclusive, ``until`` exclusive. Raises ``ValueError`` for a page
+        below 1, ``per_page`` outside 1..500 or a naive time; :class:`AuditUnavailable`;
+        :class:`AuditError` if a selected entry is damaged.
+        """
+        if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"page must be at least 1 and per_page between 1 and {MAX_PER_PAGE}")
+        where = EventFilter(
+            actor_email=actor_email,
+            student_id=student_id,
+            document_id=document_id,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+        ).clauses()
+        try:
+            with self._engine.connect() as connection:
+                total = connection.execute(
+                    select(func.count()).select_from(EVENTS).where(*where)
+                ).scalar_one()
+                entries = connection.execute(
+                    select(EVENTS.c.sequence, EVENTS.c.entry)
+                    .where(*where)
+                    .order_by(EVENTS.c.sequence.desc())
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                ).all()
+        except SQLAlchemyError as e:
+            raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
+        items = tuple(_recorded(sequence, entry) for sequence, entry in entries)
+        return Page(items, page, per_page, total)
+
+    def events(self, where: EventFilter = EventFilter()) -> Iterator[RecordedEvent]:
+        """Stream matching events oldest first, in bounded memory (for exports).
+
+        Raises :class:`AuditUnavailable` and :class:`AuditError` like :meth:`query`.
+        """
+        try:
+            with (
+                self._engine.connect() as connection,
+                connection.execute(
+                    select(EVENTS.c.sequence, EVENTS.c.entry)
+                    .where(*where.clauses())
+                    .order_by(EVENTS.c.sequence)
+                    .execution_options(yield_per=_STREAM_BATCH)
+                ) as rows,
+            ):
+                for sequence, entry in rows:
+                    yield _recorded(sequence, entry)
+        except SQLAlchemyError as e:
+            raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
+
+    def get(self, sequence: int) -> RecordedEvent:
+        """The event numbered ``sequence``. Raises :class:`EventNotFound`."""
+        try:
+            with self._engine.connect() as connection:
+                entry = connection.execute(
+                    select(EVENTS.c.entry).where(EVENTS.c.sequence == sequence)
+                ).scalar()
+        except SQLAlchemyError as e:
+            raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
+        if entry is None:
+            raise EventNotFound(sequence)
+        return _recorded(sequence, entry)
+
+    def prove(self, sequence: int) -> InclusionProof:
+        """An RFC 9162 inclusion proof of event ``sequence`` in the latest checkpoint.
+
+        Seals the log first if the event is not yet covered. Reads every leaf hash once,
+        in bounded memory. Raises :class:`EventNotFound`, :class:`AuditUnavailable`, and
+        :class:`AuditError` if the stored events no longer match the checkpoint.
+        """
+        recorded = self.get(sequence)
+        signed = self.checkpoint()
+        size, root = signed.checkpoint.tree_size, signed.checkpoint.root_hash
+        if sequence > size:
+            raise EventNotFound(sequence)
+        index = sequence - 1
+        ranges = _audit_path_ranges(index, size)
+        subtrees = [MerkleAccumulator() for _ in ranges]
+        whole = MerkleAccumulator()
+        try:
+            with (
+                self._engine.connect() as connection,
+                connection.execute(
+                    select(EVENTS.c.leaf_hash)
+                    .where(EVENTS.c.sequence <= size)
+                    .order_by(EVENTS.c.sequence)
+                    .execution_options(yield_per=_STREAM_BATCH)
+                ) as rows,
+            ):
+                # The ranges are disjoint and sorted by start, so each leaf feeds at most
+                # one of them, found by walking a cursor forward.
+                order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+                cursor = 0
+                for position, (stored_leaf,) in enumerate(rows):
+                    whole.append(stored_leaf)
+                    while cursor < len(order) and ranges[order[cursor]][1] <= position:
+                        cursor += 1
+                    if cursor < len(order) and ranges[order[cursor]][0] <= position:
+                        subtrees[order[cursor]].append(stored_leaf)
+        except SQLAlchemyError as e:
+            raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
+        except (ValueError, TypeError) as e:  # a stored leaf hash that is not 32 bytes
+            raise AuditError(f"a stored leaf hash is damaged: {e}") from e
+        if whole.size != size or whole.root() != root:
+            raise AuditError(
+                f"the stored audit events no longer match checkpoint {size} "
+                "(run `satchel audit verify`)"
+            )
+        hashes = tuple(subtree.root() for subtree in subtrees)
+        try:
+            # Never hand out a proof that does not verify.
+            verify_inclusion(recorded.leaf_hash, index, size, hashes, root)
+        except ProofError as e:
+            raise AuditError(f"event {sequence} does not match checkpoint {size}: {e}") from e
+        return InclusionProof(recorded, signed, hashes)
+
+    def verify(self) -> VerifyReport:
+        """Recompute the chain, tree and signatures; see :func:`audit.verify.verify_log`."""
+        return verify_log(self._engine, self._verifier, self._store, self._origin)
+
+    def public_key_pem(self) -> bytes:
+        """The checkpoint verification key, PEM SubjectPublicKeyInfo."""
+        return self._signer.public_key_pem()
+
+
+def _recorded(sequence: int, entry: bytes) -> RecordedEvent:
+    try:
+        decoded = decode_entry(entry)
+    except ValueError as e:
+        raise AuditError(
+            f"audit event {sequence} is damaged ({e}); run `satchel audit verify`"
+        ) from e
+    return RecordedEvent(
+        decoded.sequence,
+        decoded.recorded_at,
+        decoded.event,
+        decoded.previous_hash,
+        entry,
+        leaf_hash(entry),
+    )
+
+
+def _audit_path_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges ``[start, end)`` whose tree hashes form ``PATH(index, D[size])``.
+
+    RFC 9162 §2.1.3.1: at each level the path takes the hash of the half not holding
+    ``index``; collected top-down, returned bottom-up as the proof lists them.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, end = 0, size
+    while end - start > 1:
+        half = 1 << ((end - start - 1).bit_length() - 1)
+        if index < start + half:
+            ranges.append((start + half, end))
+            end = start + half
+        else:
+            ranges.append((start, start + half))
+            start += half
+    ranges.reverse()
+    return ranges
