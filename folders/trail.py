@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
@@ -157,23 +157,31 @@ class AuditTrail:
             raise Forbidden()
 
 
-def _chunks(events: Iterable[RecordedEvent], fmt: ExportFormat) -> Iterator[bytes]:
-    """Export in batches so the response streams in bounded memory."""
-    iterator = iter(events)
+def _chunks(events: Iterator[RecordedEvent], fmt: ExportFormat) -> Iterator[bytes]:
+    """Export in batches so the response streams in bounded memory.
+
+    Closing this iterator (a client that goes away) closes ``events`` at once, so the
+    database connection it holds goes back to the pool.
+    """
     first = True
-    while True:
-        batch = list(islice(iterator, _EXPORT_BATCH))
-        if not batch and not first:
-            return
-        out = io.BytesIO()
-        export_events(batch, out, fmt)
-        data = out.getvalue()
-        if fmt is ExportFormat.CSV and not first:
-            # Every batch starts with the header row; the file has it once.
-            assert data.startswith(_CSV_HEADER)
-            data = data[len(_CSV_HEADER) :]
-        first = False
-        if data:
-            yield data
-        if not batch:
-            return
+    try:
+        while True:
+            batch = list(islice(events, _EXPORT_BATCH))
+            if not batch and not first:
+                return
+            out = io.BytesIO()
+            export_events(batch, out, fmt)
+            data = out.getvalue()
+            if fmt is ExportFormat.CSV and not first:
+                # Every batch starts with the header row; the file has it once.
+                assert data.startswith(_CSV_HEADER)
+                data = data[len(_CSV_HEADER) :]
+            first = False
+            if data:
+                yield data
+            if not batch:
+                return
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()

@@ -232,6 +232,7 @@ def test_user_link_prints_a_one_time_password_link(
     from config import Settings
     from tests.support.app import csrf_from
     from web.app import create_app
+    from web.context import runtime_of
 
     satchel("init")
     satchel("user", "add", "new.parent@home.example", "--role", "guardian")
@@ -247,11 +248,15 @@ def test_user_link_prints_a_one_time_password_link(
     path = url.removeprefix("https://records.district.example")
 
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
-    client = create_app(settings).test_client()
-    token = csrf_from(client.get(path).get_data(as_text=True))
-    response = client.post(
-        path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
-    )
-    assert response.status_code in (200, 302), response.get_data(as_text=True)
-    assert client.get(path).status_code in (404, 410)  # used once
+    app = create_app(settings)
+    client = app.test_client()
+    try:
+        token = csrf_from(client.get(path).get_data(as_text=True))
+        response = client.post(
+            path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
+        )
+        assert response.status_code in (200, 302), response.get_data(as_text=True)
+        assert client.get(path).status_code in (404, 410)  # used once
+    finally:
+        runtime_of(app).close()  # release its own pooled connections
     assert satchel("user", "link", "nobody@home.example").exit_code == 1
