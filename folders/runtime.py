@@ -22,6 +22,7 @@ from folders.catalog import Catalog
 from folders.db import make_engine
 from folders.disclosures import Disclosures
 from folders.documents import Documents
+from folders.fsck import Fsck
 from folders.grants import Grants
 from folders.inbox import SharedInbox
 from folders.keys import KeyManagement
@@ -134,6 +135,10 @@ class Runtime:
     @cached_property
     def trail(self) -> AuditTrail:
         return AuditTrail(self.audit_log, self.clock)
+
+    @cached_property
+    def fsck(self) -> Fsck:
+        return Fsck(self.engine, self.store, self.vault, self.clock)
 
     @cached_property
     def keys(self) -> KeyManagement:

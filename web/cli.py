@@ -21,6 +21,7 @@ from folders.db import current_revision, upgrade
 from folders.doctor import run_checks
 from folders.models import Role
 from web.cli_audit import audit_cli
+from web.cli_fsck import fsck
 from web.cli_ingest import folder, ingest
 from web.cli_keys import keys
 from web.cli_records import demo, grant, student
@@ -226,6 +227,7 @@ cli.add_command(folder)
 cli.add_command(roster)
 
 cli.add_command(audit_cli)
+cli.add_command(fsck)
 
 
 @user.command("link")

@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from audit.errors import AuditError
-from folders.errors import FoldersError
+from folders.errors import DatabaseUnavailable, FoldersError
 from folders.runtime import Runtime
 from storage.errors import StorageError
 from web.context import runtime as app_runtime
@@ -35,5 +35,8 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
         except (FoldersError, StorageError, AuditError) as e:
             detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
             raise click.ClickException(detail) from e
+        except DatabaseUnavailable.CAUSES as e:
+            outage = DatabaseUnavailable.from_cause(e)
+            raise click.ClickException(f"the database is unavailable: {outage}") from e
 
     return wrapper

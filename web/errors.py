@@ -1,7 +1,8 @@
 """The one place that maps domain, storage and audit errors to HTTP responses.
 
 Not found and not yours are both 404; a refused file is 422 (413 when too large);
-an unavailable object store or audit log is 503.
+an unavailable object store, audit log or database is 503. ``docs/operations.md``
+lists every status with its cause and what an operator does about it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from audit.errors import AuditError, AuditUnavailable
 from folders.errors import (
     AuthenticationFailed,
     Conflict,
+    DatabaseUnavailable,
     FoldersError,
     Forbidden,
     InvalidInput,
@@ -31,6 +33,7 @@ from storage.errors import (
 log = logging.getLogger(__name__)
 
 _FOLDERS_STATUS: list[tuple[type[FoldersError], int]] = [
+    (DatabaseUnavailable, 503),
     (NotFound, 404),
     (Forbidden, 403),
     (InvalidInput, 400),
@@ -67,6 +70,16 @@ def init_app(app: Flask) -> None:
         if code >= 500:
             log.error("request failed: %s", error)
         return _render(code, getattr(error, "public_message", "The request failed."))
+
+    def _database_error(error: Exception) -> tuple[str, int]:
+        # The driver's failure becomes the domain's error here, so the page says what
+        # happened (503, nothing changed) instead of a bare 500.
+        unavailable = DatabaseUnavailable.from_cause(error)
+        log.error("request failed: %s", unavailable)
+        return _render(503, unavailable.public_message)
+
+    for cause in DatabaseUnavailable.CAUSES:
+        app.register_error_handler(cause, _database_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[str, int]:

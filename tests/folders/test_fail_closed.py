@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from audit.errors import AuditUnavailable
@@ -17,31 +17,8 @@ from folders.categories import Category
 from folders.models import Document, DocumentVersion, Grant, GrantScope
 from folders.runtime import Runtime
 from tests.support import samples
+from tests.support.faults import break_audit_inserts
 from tests.support.people import Cast, upload_pdf
-
-
-def break_audit_inserts(engine: Engine) -> None:
-    with engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
-                    "BEGIN SELECT RAISE(ABORT, 'audit storage unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit storage unavailable'; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
-                    "FOR EACH ROW EXECUTE FUNCTION audit_down()"
-                )
-            )
 
 
 def count(engine: Engine, model: type) -> int:

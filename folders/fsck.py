@@ -1,0 +1,492 @@
+"""``satchel fsck``: reconcile the object store with the metadata database.
+
+Every document version row names one object (``versions/<uuid>``) and its sealed size.
+:meth:`Fsck.check` lists the store and walks the rows to find:
+
+- **missing objects**: a row whose object is not in the store (the document cannot be
+  opened; restore the object from a backup);
+- **size mismatches**: an object whose size differs from the size recorded when it was
+  stored (truncated or replaced);
+- with ``deep=True``, **corrupt objects** and **unusable keys**: every object is opened
+  the way a download opens it (data key unwrapped by the keyring, every segment
+  authenticated) and its plaintext hashed against the SHA-256 recorded at upload;
+- **leftovers of crypto-shredding**: the object of a shredded version still stored;
+- **orphan objects**: objects under ``versions/`` that no row references, left by a
+  crash between an object's put and its row's commit (``docs/architecture.md``), and
+  **stale ingest markers** under ``ingest-intents/`` (``docs/bulk-ingest.md``).
+
+An unreferenced object or marker younger than the grace period is reported as
+*pending*, not as a problem: it is most likely an upload in progress, whose row is
+about to be committed. :meth:`Fsck.repair` deletes only orphan objects and stale
+markers older than the grace period, checks the database again right before each
+delete, and never touches a key that a row references or the audit checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from folders.actor import Actor
+from folders.bulk import INTENT_PREFIX
+from folders.errors import DatabaseUnavailable, Forbidden
+from folders.models import DocumentVersion
+from folders.policy import Permission, Resource, decide
+from storage.envelope import ObjectIdentity
+from storage.errors import IntegrityError, KeyringError, ObjectNotFound
+from storage.ingest import SealedRef, Vault
+from storage.objects import ObjectInfo, ObjectStore
+
+VERSIONS_PREFIX = "versions/"
+DEFAULT_GRACE = timedelta(hours=24)
+
+_ROW_BATCH = 1000
+_KEY_BATCH = 500
+
+
+class FindingKind(StrEnum):
+    """What fsck found. Values are stable: they appear in ``satchel fsck --json``."""
+
+    MISSING_OBJECT = "missing_object"
+    SIZE_MISMATCH = "size_mismatch"
+    CORRUPT_OBJECT = "corrupt_object"
+    KEY_UNAVAILABLE = "key_unavailable"
+    SHREDDED_OBJECT = "shredded_object"
+    ORPHAN_OBJECT = "orphan_object"
+    STALE_INTENT = "stale_intent"
+    PENDING = "pending"
+
+
+# Findings that repair deletes (after checking again); everything else is left alone.
+REPAIRABLE = frozenset({FindingKind.ORPHAN_OBJECT, FindingKind.STALE_INTENT})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One discrepancy. ``key`` is the object key inside the store (for a marker, the
+    marker's key); ``version_id``/``document_id`` name the row involved, if any."""
+
+    kind: FindingKind
+    key: str
+    detail: str
+    version_id: uuid.UUID | None = None
+    document_id: uuid.UUID | None = None
+
+    @property
+    def is_problem(self) -> bool:
+        return self.kind is not FindingKind.PENDING
+
+    @property
+    def repairable(self) -> bool:
+        return self.kind in REPAIRABLE
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """The outcome of one check.
+
+    ``versions`` counts the version rows checked (``shredded`` of them crypto-shredded),
+    ``objects`` the objects under ``versions/`` and ``intents`` the ingest markers
+    listed; ``authenticated`` counts the objects a deep check opened successfully.
+    """
+
+    checked_at: datetime
+    deep: bool
+    grace: timedelta
+    versions: int
+    shredded: int
+    objects: int
+    intents: int
+    authenticated: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def problems(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.is_problem)
+
+    @property
+    def repairable(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.repairable)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def count(self, kind: FindingKind) -> int:
+        return sum(1 for f in self.findings if f.kind is kind)
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What a repair did: the keys it deleted, and the repairable findings it left
+    alone because, checked again, they were referenced by now or not old enough."""
+
+    deleted: tuple[str, ...]
+    kept: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class _Row:
+    version_id: uuid.UUID
+    document_id: uuid.UUID
+    object_key: str
+    size: int
+    stored_size: int
+    sha256: str
+    wrapped_dek: bytes | None
+    key_id: str
+    key_version: int
+
+
+class Fsck:
+    """Checks and repairs the object store against the document version rows.
+
+    ``store`` is listed and repaired; ``vault`` (over the same store) opens objects for
+    a deep check. Only the operator and admins may run it (the keys permission): a deep
+    check unwraps every data key, though no plaintext leaves this object.
+    """
+
+    def __init__(
+        self, engine: Engine, store: ObjectStore, vault: Vault, clock: Callable[[], datetime]
+    ) -> None:
+        self._engine = engine
+        self._store = store
+        self._vault = vault
+        self._clock = clock
+
+    def check(
+        self,
+        actor: Actor,
+        *,
+        deep: bool = False,
+        grace: timedelta = DEFAULT_GRACE,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FsckReport:
+        """Compare every version row with the store; see the module docstring.
+
+        ``progress(done, total)`` is called after each row. Raises Forbidden,
+        DatabaseUnavailable, and StorageUnavailable/StorageError when the store cannot
+        be listed or read; integrity failures are reported, never raised.
+        """
+        self._require(actor)
+        if grace < timedelta(0):
+            raise ValueError("the grace period cannot be negative")
+        now = self._clock()
+        cutoff = now - grace
+        # The store is listed before the rows are read, so an upload committed in
+        # between looks "missing" (each missing object is looked up again), and one
+        # listed but committed while the rows are read looks unreferenced (each such
+        # key is looked up in the database again at the end).
+        listed = {info.key: info for info in self._store.list(VERSIONS_PREFIX)}
+        markers = list(self._store.list(INTENT_PREFIX))
+        unreferenced = dict(listed)
+        findings: list[Finding] = []
+        versions = shredded = authenticated = 0
+        with _database_errors():
+            total = self._row_count()
+            for row in self._rows():
+                versions += 1
+                info = unreferenced.pop(row.object_key, None)
+                if row.wrapped_dek is None:
+                    shredded += 1
+                    if info is not None:
+                        findings.append(_shredded(row))
+                elif info is None:
+                    missing = self._confirm_missing(row)
+                    if missing is not None:
+                        findings.append(missing)
+                elif info.size != row.stored_size:
+                    findings.append(_size_mismatch(row, info))
+                elif deep:
+                    problem = self._authenticate(row)
+                    if problem is None:
+                        authenticated += 1
+                    else:
+                        findings.append(problem)
+                if progress is not None:
+                    progress(versions, max(total, versions))
+            referenced = self._referenced(unreferenced)
+        for key, info in sorted(unreferenced.items()):
+            if key not in referenced:
+                findings.append(_unreferenced(info, cutoff))
+        for marker in sorted(markers, key=lambda m: m.key):
+            findings.append(_intent(marker, cutoff))
+        return FsckReport(
+            checked_at=now,
+            deep=deep,
+            grace=grace,
+            versions=versions,
+            shredded=shredded,
+            objects=len(listed),
+            intents=len(markers),
+            authenticated=authenticated,
+            findings=tuple(findings),
+        )
+
+    def repair(self, actor: Actor, report: FsckReport) -> RepairResult:
+        """Delete the orphan objects and stale ingest markers of ``report``.
+
+        Each is checked again first: an object is deleted only if no row references
+        it at that moment and it is still older than ``report.grace``; a marker goes
+        last, after its unreferenced object. Raises Forbidden, DatabaseUnavailable and
+        StorageError; what was deleted before a failure stays deleted, and running
+        fsck again picks up the rest.
+        """
+        self._require(actor)
+        cutoff = self._clock() - report.grace
+        deleted: list[str] = []
+        kept: list[Finding] = []
+        # Objects first, then markers: a marker is the record that its object may be an
+        # orphan, so it must outlive the object (as in bulk ingest's own recovery).
+        ordered = sorted(report.repairable, key=lambda f: f.kind is FindingKind.STALE_INTENT)
+        with _database_errors():
+            for finding in ordered:
+                if finding.kind is FindingKind.ORPHAN_OBJECT:
+                    removed = self._delete_orphan(finding.key, cutoff)
+                else:
+                    removed = self._settle_marker(finding.key, cutoff)
+                if removed:
+                    deleted.extend(removed)
+                else:
+                    kept.append(finding)
+        return RepairResult(tuple(deleted), tuple(kept))
+
+    # Checking ---------------------------------------------------------------------------
+
+    def _rows(self) -> Iterator[_Row]:
+        """Every version row in object-key order, a batch per short transaction, so a
+        long deep check never holds one transaction (and its snapshot) open for hours."""
+        query = (
+            select(
+                DocumentVersion.id,
+                DocumentVersion.document_id,
+                DocumentVersion.object_key,
+                DocumentVersion.size,
+                DocumentVersion.stored_size,
+                DocumentVersion.plaintext_sha256,
+                DocumentVersion.wrapped_dek,
+                DocumentVersion.key_id,
+                DocumentVersion.key_version,
+            )
+            .order_by(DocumentVersion.object_key)
+            .limit(_ROW_BATCH)
+        )
+        after: str | None = None
+        while True:
+            page = query if after is None else query.where(DocumentVersion.object_key > after)
+            with Session(self._engine) as session:
+                batch = [_Row(*values) for values in session.execute(page)]
+            yield from batch
+            if len(batch) < _ROW_BATCH:
+                return
+            after = batch[-1].object_key
+
+    def _row_count(self) -> int:
+        with Session(self._engine) as session:
+            return session.scalar(select(func.count()).select_from(DocumentVersion)) or 0
+
+    def _confirm_missing(self, row: _Row) -> Finding | None:
+        """A missing-object finding, unless the object appeared (an upload committed
+        after the listing) or the row was shredded meanwhile."""
+        try:
+            self._store.head(row.object_key)
+            return None
+        except ObjectNotFound:
+            pass
+        with Session(self._engine) as session:
+            current = session.get(DocumentVersion, row.version_id)
+            if current is None or current.wrapped_dek is None:
+                return None
+        return Finding(
+            FindingKind.MISSING_OBJECT,
+            row.object_key,
+            "no object in the store: this version cannot be opened; restore the object "
+            "from a backup of the bucket",
+            row.version_id,
+            row.document_id,
+        )
+
+    def _authenticate(self, row: _Row) -> Finding | None:
+        """Open the object as a download would and compare the plaintext with the row."""
+        assert row.wrapped_dek is not None
+        ref = SealedRef(
+            row.object_key,
+            ObjectIdentity(str(row.document_id), str(row.version_id)),
+            row.wrapped_dek,
+            row.key_id,
+            row.key_version,
+        )
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in self._vault.open_file(ref):
+                digest.update(chunk)
+                size += len(chunk)
+        except IntegrityError:
+            return _corrupt(row, "fails authentication (tampered, truncated or swapped)")
+        except KeyringError as e:
+            return Finding(
+                FindingKind.KEY_UNAVAILABLE,
+                row.object_key,
+                f"its data key cannot be unwrapped: {e}",
+                row.version_id,
+                row.document_id,
+            )
+        except ObjectNotFound:
+            return self._confirm_missing(row)
+        if size != row.size or digest.hexdigest() != row.sha256:
+            return _corrupt(row, "decrypts, but not to the SHA-256 recorded at upload")
+        return None
+
+    def _referenced(self, candidates: Iterable[str]) -> set[str]:
+        """Those of ``candidates`` that a version row references now."""
+        keys = sorted(candidates)
+        found: set[str] = set()
+        with Session(self._engine) as session:
+            for start in range(0, len(keys), _KEY_BATCH):
+                batch = keys[start : start + _KEY_BATCH]
+                found.update(
+                    session.scalars(
+                        select(DocumentVersion.object_key).where(
+                            DocumentVersion.object_key.in_(batch)
+                        )
+                    )
+                )
+        return found
+
+    # Repairing --------------------------------------------------------------------------
+
+    def _delete_orphan(self, key: str, cutoff: datetime) -> list[str]:
+        _require_prefix(key, VERSIONS_PREFIX)
+        # SECURITY: the database is asked again right before the delete, so an upload
+        # whose row was committed since the check is never destroyed.
+        if self._referenced([key]):
+            return []
+        try:
+            info = self._store.head(key)
+        except ObjectNotFound:
+            return []
+        if info.last_modified > cutoff:
+            return []
+        self._store.delete(key)
+        return [key]
+
+    def _settle_marker(self, marker_key: str, cutoff: datetime) -> list[str]:
+        _require_prefix(marker_key, INTENT_PREFIX)
+        try:
+            marker = self._store.head(marker_key)
+        except ObjectNotFound:
+            return []
+        if marker.last_modified > cutoff:
+            return []
+        object_key = marker_key[len(INTENT_PREFIX) :]
+        _require_prefix(object_key, VERSIONS_PREFIX)
+        deleted: list[str] = []
+        if not self._referenced([object_key]):
+            try:
+                info = self._store.head(object_key)
+            except ObjectNotFound:
+                pass  # the upload never wrote its object
+            else:
+                if info.last_modified > cutoff:
+                    return []
+                self._store.delete(object_key)
+                deleted.append(object_key)
+        # The marker goes last: if the delete above failed, the next run tries again.
+        self._store.delete(marker_key)
+        deleted.append(marker_key)
+        return deleted
+
+    # Helpers ----------------------------------------------------------------------------
+
+    def _require(self, actor: Actor) -> None:
+        if not decide(actor, Permission.MANAGE_KEYS, Resource(), self._clock()).allowed:
+            raise Forbidden()
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn a lost or refused database connection into :class:`DatabaseUnavailable`."""
+    try:
+        yield
+    except DatabaseUnavailable.CAUSES as e:
+        raise DatabaseUnavailable.from_cause(e) from e
+
+
+def _require_prefix(key: str, prefix: str) -> None:
+    # SECURITY: repair deletes under these two prefixes only; never a checkpoint under
+    # audit/, whatever a report passed in says.
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        raise ValueError(f"fsck does not delete {key!r}")
+
+
+def _shredded(row: _Row) -> Finding:
+    return Finding(
+        FindingKind.SHREDDED_OBJECT,
+        row.object_key,
+        "the version was crypto-shredded but its object is still stored (unreadable: its "
+        "data key is destroyed); delete it with an S3 or file tool",
+        row.version_id,
+        row.document_id,
+    )
+
+
+def _size_mismatch(row: _Row, info: ObjectInfo) -> Finding:
+    return Finding(
+        FindingKind.SIZE_MISMATCH,
+        row.object_key,
+        f"the object has {info.size} bytes, {row.stored_size} were stored: truncated or "
+        "replaced; restore it from a backup of the bucket",
+        row.version_id,
+        row.document_id,
+    )
+
+
+def _corrupt(row: _Row, what: str) -> Finding:
+    return Finding(
+        FindingKind.CORRUPT_OBJECT,
+        row.object_key,
+        f"the object {what}; restore it from a backup of the bucket",
+        row.version_id,
+        row.document_id,
+    )
+
+
+def _unreferenced(info: ObjectInfo, cutoff: datetime) -> Finding:
+    stamp = f"{info.last_modified:%Y-%m-%d %H:%M:%S} UTC"
+    if info.last_modified > cutoff:
+        return Finding(
+            FindingKind.PENDING,
+            info.key,
+            f"no version references it yet (stored {stamp}): probably an upload in progress",
+        )
+    return Finding(
+        FindingKind.ORPHAN_OBJECT,
+        info.key,
+        f"no version references it (stored {stamp}): left by an interrupted upload; "
+        "--repair deletes it",
+    )
+
+
+def _intent(marker: ObjectInfo, cutoff: datetime) -> Finding:
+    stamp = f"{marker.last_modified:%Y-%m-%d %H:%M:%S} UTC"
+    if marker.last_modified > cutoff:
+        return Finding(
+            FindingKind.PENDING,
+            marker.key,
+            f"bulk ingest intent marker (made {stamp}): probably a run in progress",
+        )
+    return Finding(
+        FindingKind.STALE_INTENT,
+        marker.key,
+        f"bulk ingest intent marker left by an interrupted run (made {stamp}); the next "
+        "`satchel ingest` or --repair settles it",
+    )

@@ -1,0 +1,353 @@
+"""`satchel fsck`: the object store reconciled with the version rows, on SQLite and
+PostgreSQL with the local store, and once on SeaweedFS read back with minio.
+
+Damage is done the way it happens: objects deleted, truncated or bit-flipped in the
+store, rows pointing elsewhere, uploads interrupted between put and commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from minio import Minio
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from folders.actor import Actor
+from folders.bulk import INTENT_PREFIX
+from folders.categories import Category
+from folders.errors import Forbidden
+from folders.fsck import Finding, FindingKind, Fsck, FsckReport
+from folders.models import DocumentVersion, Role
+from folders.runtime import Runtime
+from tests.support import samples
+from tests.support.people import Cast, make_actor, upload_pdf
+from web.cli import cli
+
+OPERATOR = Actor.operator()
+LATER = timedelta(days=2)  # past the default grace period of 24 hours
+
+
+def clock_at(offset: timedelta) -> Callable[[], datetime]:
+    return lambda: datetime.now(UTC) + offset
+
+
+def fsck(runtime: Runtime, offset: timedelta = timedelta(0)) -> Fsck:
+    return Fsck(runtime.engine, runtime.store, runtime.vault, clock_at(offset))
+
+
+def kinds(report: FsckReport) -> dict[str, FindingKind]:
+    return {f.key: f.kind for f in report.findings}
+
+
+def stored_bytes(runtime: Runtime, key: str) -> bytes:
+    with runtime.store.open(key) as stream:
+        return stream.read()
+
+
+def replace_object(runtime: Runtime, key: str, data: bytes) -> None:
+    runtime.store.put(key, io.BytesIO(data), len(data))
+
+
+def object_key(runtime: Runtime, version_id: uuid.UUID) -> str:
+    with Session(runtime.engine) as session:
+        version = session.get(DocumentVersion, version_id)
+        assert version is not None
+        return version.object_key
+
+
+def opens(runtime: Runtime, document_id: uuid.UUID) -> bytes:
+    return b"".join(runtime.documents.open(OPERATOR, document_id).chunks)
+
+
+def put_orphan(runtime: Runtime) -> str:
+    """An object that no row references, as an upload killed before its commit leaves."""
+    key = f"versions/{uuid.uuid4()}"
+    replace_object(runtime, key, samples.make_pdf(text="never committed"))
+    return key
+
+
+def test_a_consistent_installation_is_clean_shallow_and_deep(runtime: Runtime, cast: Cast) -> None:
+    first, _ = upload_pdf(runtime, cast, cast.child)
+    corrected = runtime.documents.upload_version(
+        cast.registrar, first.id, io.BytesIO(samples.make_png()), "scan.png"
+    )
+    upload_pdf(runtime, cast, cast.other_child, title="Transcript", category=Category.TRANSCRIPT)
+    runtime.keys.shred_version(OPERATOR, corrected.versions[-1].id, "retention schedule")
+    runtime.audit_log.checkpoint()
+
+    shallow = fsck(runtime).check(OPERATOR)
+    deep = fsck(runtime).check(OPERATOR, deep=True)
+
+    for report in (shallow, deep):
+        assert report.clean, report.findings
+        assert report.findings == ()
+        assert (report.versions, report.shredded, report.objects) == (3, 1, 2)
+    assert (shallow.authenticated, deep.authenticated) == (0, 2)
+
+
+def test_missing_and_truncated_objects_are_reported_and_never_repaired(
+    runtime: Runtime, cast: Cast
+) -> None:
+    gone, _ = upload_pdf(runtime, cast, cast.child, title="Gone")
+    cut, _ = upload_pdf(runtime, cast, cast.child, title="Cut")
+    gone_key = object_key(runtime, gone.current.id)
+    cut_key = object_key(runtime, cut.current.id)
+    runtime.store.delete(gone_key)
+    sealed = stored_bytes(runtime, cut_key)
+    replace_object(runtime, cut_key, sealed[:-1])
+
+    checker = fsck(runtime, LATER)
+    report = checker.check(OPERATOR)
+    assert kinds(report) == {
+        gone_key: FindingKind.MISSING_OBJECT,
+        cut_key: FindingKind.SIZE_MISMATCH,
+    }
+    missing = next(f for f in report.findings if f.key == gone_key)
+    assert (missing.version_id, missing.document_id) == (gone.current.id, gone.id)
+    assert not report.clean and report.repairable == ()
+
+    repaired = checker.repair(OPERATOR, report)
+    assert repaired.deleted == () and repaired.kept == ()
+    assert stored_bytes(runtime, cut_key) == sealed[:-1]
+
+
+def test_only_the_deep_check_finds_a_flipped_bit(runtime: Runtime, cast: Cast) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    key = object_key(runtime, document.current.id)
+    sealed = bytearray(stored_bytes(runtime, key))
+    sealed[200] ^= 0x01  # inside the first segment's ciphertext: same size, wrong bytes
+    replace_object(runtime, key, bytes(sealed))
+
+    assert fsck(runtime).check(OPERATOR).clean
+    deep = fsck(runtime).check(OPERATOR, deep=True)
+    assert kinds(deep) == {key: FindingKind.CORRUPT_OBJECT}
+    assert deep.authenticated == 0
+
+
+def test_the_deep_check_names_a_data_key_the_keyring_cannot_unwrap(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            update(DocumentVersion)
+            .where(DocumentVersion.id == document.current.id)
+            .values(key_version=99)
+        )
+    deep = fsck(runtime).check(OPERATOR, deep=True)
+    assert kinds(deep) == {object_key(runtime, document.current.id): FindingKind.KEY_UNAVAILABLE}
+
+
+def test_orphans_are_pending_within_the_grace_period_then_repaired(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, original = upload_pdf(runtime, cast, cast.child)
+    runtime.audit_log.checkpoint()
+    checkpoints = {info.key for info in runtime.store.list("audit/")}
+    assert checkpoints
+    orphan = put_orphan(runtime)
+
+    now = fsck(runtime).check(OPERATOR)
+    assert kinds(now) == {orphan: FindingKind.PENDING}
+    assert now.clean  # an upload in progress is not a problem
+    assert fsck(runtime).repair(OPERATOR, now).deleted == ()
+
+    later = fsck(runtime, LATER)
+    report = later.check(OPERATOR)
+    assert kinds(report) == {orphan: FindingKind.ORPHAN_OBJECT}
+    assert not report.clean
+    assert later.repair(OPERATOR, report).deleted == (orphan,)
+
+    assert later.check(OPERATOR).clean
+    assert {info.key for info in runtime.store.list("versions/")} == {
+        object_key(runtime, document.current.id)
+    }
+    assert {info.key for info in runtime.store.list("audit/")} == checkpoints
+    assert opens(runtime, document.id) == original
+
+
+def test_repair_asks_the_database_again_right_before_each_delete(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, original = upload_pdf(runtime, cast, cast.child)
+    key = object_key(runtime, document.current.id)
+    elsewhere = f"versions/{uuid.uuid4()}"
+
+    def point_row_at(target: str) -> None:
+        with runtime.engine.begin() as connection:
+            connection.execute(
+                update(DocumentVersion)
+                .where(DocumentVersion.id == document.current.id)
+                .values(object_key=target)
+            )
+
+    # While the check runs, the row does not reference the object (as if its commit
+    # were still on its way); by the time of the repair it does.
+    point_row_at(elsewhere)
+    checker = fsck(runtime, LATER)
+    report = checker.check(OPERATOR)
+    assert kinds(report) == {
+        key: FindingKind.ORPHAN_OBJECT,
+        elsewhere: FindingKind.MISSING_OBJECT,
+    }
+    point_row_at(key)
+
+    repaired = checker.repair(OPERATOR, report)
+    assert repaired.deleted == ()
+    assert [f.key for f in repaired.kept] == [key]
+    assert opens(runtime, document.id) == original
+
+
+def test_stale_ingest_markers_are_settled_like_bulk_ingest_recovery(
+    runtime: Runtime, cast: Cast
+) -> None:
+    committed, original = upload_pdf(runtime, cast, cast.child)
+    committed_key = object_key(runtime, committed.current.id)
+    orphan = put_orphan(runtime)
+    never_written = f"versions/{uuid.uuid4()}"
+    for key in (committed_key, orphan, never_written):
+        replace_object(runtime, INTENT_PREFIX + key, b"")
+
+    checker = fsck(runtime, LATER)
+    report = checker.check(OPERATOR)
+    assert kinds(report) == {
+        orphan: FindingKind.ORPHAN_OBJECT,
+        INTENT_PREFIX + committed_key: FindingKind.STALE_INTENT,
+        INTENT_PREFIX + orphan: FindingKind.STALE_INTENT,
+        INTENT_PREFIX + never_written: FindingKind.STALE_INTENT,
+    }
+    repaired = checker.repair(OPERATOR, report)
+    assert set(repaired.deleted) == {
+        orphan,
+        INTENT_PREFIX + committed_key,
+        INTENT_PREFIX + orphan,
+        INTENT_PREFIX + never_written,
+    }
+    assert list(runtime.store.list(INTENT_PREFIX)) == []
+    assert checker.check(OPERATOR).clean
+    assert opens(runtime, committed.id) == original
+
+
+def test_repair_deletes_nothing_outside_versions_and_ingest_markers(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    checkpoint = runtime.audit_log.checkpoint()
+    key = f"audit/checkpoints/{checkpoint.checkpoint.tree_size:020d}.note"
+    forged = FsckReport(
+        checked_at=datetime.now(UTC),
+        deep=False,
+        grace=timedelta(0),
+        versions=0,
+        shredded=0,
+        objects=0,
+        intents=0,
+        authenticated=0,
+        findings=(Finding(FindingKind.ORPHAN_OBJECT, key, "forged"),),
+    )
+    with pytest.raises(ValueError, match="does not delete"):
+        fsck(runtime, LATER).repair(OPERATOR, forged)
+    assert stored_bytes(runtime, key) == checkpoint.note
+
+
+@pytest.mark.parametrize("role", [Role.REGISTRAR, Role.COMPLIANCE, Role.GUARDIAN])
+def test_only_admins_and_the_operator_run_fsck(runtime: Runtime, role: Role) -> None:
+    staff = make_actor(runtime, f"{role.value}@school.example", role)
+    with pytest.raises(Forbidden):
+        fsck(runtime).check(staff)
+    admin = make_actor(runtime, "admin@school.example", Role.ADMIN)
+    assert fsck(runtime).check(admin).clean
+
+
+# The command ------------------------------------------------------------------------------
+
+
+def satchel(runtime: Runtime, *args: str) -> Result:
+    env = {
+        "SATCHEL_DATA_DIR": str(runtime.settings.data_dir),
+        "SATCHEL_DATABASE_URL": runtime.settings.effective_database_url,
+    }
+    return CliRunner().invoke(cli, ["fsck", *args], env=env)
+
+
+def test_the_command_reports_and_repairs_with_exit_codes(
+    runtime: Runtime, cast: Cast, tmp_path: Path
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    clean = satchel(runtime, "--deep")
+    assert clean.exit_code == 0, clean.output
+    assert "1 objects authenticated" in clean.output and "OK: no problems" in clean.output
+
+    orphan = put_orphan(runtime)
+    within_grace = satchel(runtime)
+    assert within_grace.exit_code == 0, within_grace.output
+    assert f"PENDING  {orphan}" in within_grace.output
+
+    found = satchel(runtime, "--grace-hours", "0", "--json")
+    assert found.exit_code == 1, found.output
+    report = json.loads(found.output)
+    assert [(f["kind"], f["key"], f["repairable"]) for f in report["findings"]] == [
+        ("orphan_object", orphan, True)
+    ]
+    assert report["remaining_problems"] == 1 and report["repair"] is None
+
+    repaired = satchel(runtime, "--grace-hours", "0", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"deleted  {orphan}" in repaired.output
+
+    runtime.store.delete(object_key(runtime, document.current.id))
+    missing = satchel(runtime, "--repair", "--grace-hours", "0")
+    assert missing.exit_code == 1
+    assert "MISSING" in missing.output and "1 problem" in missing.output
+
+
+@pytest.mark.s3
+def test_fsck_on_seaweedfs_agrees_with_an_independent_listing(
+    s3_runtime: Runtime, minio_client: Minio, s3_bucket: str, s3_prefix: str
+) -> None:
+    registrar = make_actor(s3_runtime, "registrar@school.example", Role.REGISTRAR)
+    student = s3_runtime.students.add_student(registrar, "S-1", "Lucia", "Lopez")
+    kept = s3_runtime.documents.upload(
+        registrar,
+        student.id,
+        io.BytesIO(samples.make_pdf()),
+        "kept.pdf",
+        category=Category.OTHER,
+        title="Kept",
+    )
+    lost = s3_runtime.documents.upload(
+        registrar,
+        student.id,
+        io.BytesIO(samples.make_jpeg()),
+        "lost.jpg",
+        category=Category.OTHER,
+        title="Lost",
+    )
+    lost_key = object_key(s3_runtime, lost.current.id)
+    minio_client.remove_object(s3_bucket, s3_prefix + lost_key)
+    orphan = put_orphan(s3_runtime)
+
+    checker = fsck(s3_runtime, LATER)
+    report = checker.check(OPERATOR, deep=True)
+    assert kinds(report) == {
+        lost_key: FindingKind.MISSING_OBJECT,
+        orphan: FindingKind.ORPHAN_OBJECT,
+    }
+    assert report.authenticated == 1
+    assert checker.repair(OPERATOR, report).deleted == (orphan,)
+
+    listed = {
+        str(item.object_name)[len(s3_prefix) :]
+        for item in minio_client.list_objects(
+            s3_bucket, prefix=s3_prefix + "versions/", recursive=True
+        )
+    }
+    assert listed == {object_key(s3_runtime, kept.current.id)}

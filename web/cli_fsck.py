@@ -1,0 +1,149 @@
+"""``satchel fsck``: reconcile the object store with the metadata database.
+
+Exit codes: 0 nothing wrong (pending uploads are not problems; with ``--repair``,
+every problem found was repaired), 1 problems remain or the check could not run,
+2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import click
+from flask.cli import with_appcontext
+from tqdm import tqdm
+
+from folders.actor import Actor
+from folders.fsck import Finding, FindingKind, FsckReport, RepairResult
+from web.cli_support import reports_errors, runtime
+
+_LABELS = {
+    FindingKind.MISSING_OBJECT: "MISSING",
+    FindingKind.SIZE_MISMATCH: "SIZE",
+    FindingKind.CORRUPT_OBJECT: "CORRUPT",
+    FindingKind.KEY_UNAVAILABLE: "NOKEY",
+    FindingKind.SHREDDED_OBJECT: "SHREDDED",
+    FindingKind.ORPHAN_OBJECT: "ORPHAN",
+    FindingKind.STALE_INTENT: "MARKER",
+    FindingKind.PENDING: "PENDING",
+}
+
+
+@click.command()
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also open every object as a download would: unwrap its data key, authenticate "
+    "every segment and compare the SHA-256 (reads the whole bucket).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Delete orphan objects and stale ingest markers older than the grace period. "
+    "Objects a version references are never touched.",
+)
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=24,
+    show_default=True,
+    help="Unreferenced objects younger than this are uploads in progress, not orphans.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+@reports_errors
+def fsck(deep: bool, repair: bool, grace_hours: float, as_json: bool) -> None:
+    """Check that every document version has its object, of the right size (and with
+    --deep, authentic), and that the store holds nothing the database does not know.
+
+    Exits 0 when nothing is wrong, 1 when problems remain.
+    """
+    rt = runtime()
+    checker = rt.fsck
+    actor = Actor.operator()
+    grace = timedelta(hours=grace_hours)
+    with tqdm(unit="object", desc="authenticating", disable=None if deep else True) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = checker.check(actor, deep=deep, grace=grace, progress=advance)
+    repaired = checker.repair(actor, report) if repair else None
+    remaining = _remaining(report, repaired)
+    if as_json:
+        click.echo(json.dumps(_report_json(report, repaired, remaining), indent=2))
+    else:
+        _print(report, repaired, remaining, rt.store.description)
+    if remaining:
+        raise SystemExit(1)
+
+
+def _remaining(report: FsckReport, repaired: RepairResult | None) -> list[Finding]:
+    """The problems still there: all of them, or after a repair those it did not fix."""
+    if repaired is None:
+        return list(report.problems)
+    fixed = set(repaired.deleted)
+    return [f for f in report.problems if not (f.repairable and f.key in fixed)]
+
+
+def _print(
+    report: FsckReport, repaired: RepairResult | None, remaining: list[Finding], store: str
+) -> None:
+    checked = (
+        f"checked {report.versions} versions ({report.shredded} shredded) against "
+        f"{report.objects} objects and {report.intents} ingest markers in {store}"
+    )
+    if report.deep:
+        checked += f"; {report.authenticated} objects authenticated"
+    click.echo(checked)
+    for finding in report.findings:
+        click.echo(f"{_LABELS[finding.kind]:<9}{finding.key}: {finding.detail}")
+    if repaired is not None:
+        for key in repaired.deleted:
+            click.echo(f"deleted  {key}")
+        for finding in repaired.kept:
+            click.echo(f"kept     {finding.key}: referenced or too recent when checked again")
+    if remaining:
+        repairable = sum(1 for f in remaining if f.repairable)
+        hint = f" ({repairable} fixed by --repair)" if repairable and repaired is None else ""
+        click.echo(f"{len(remaining)} problem{'' if len(remaining) == 1 else 's'}{hint}")
+    else:
+        click.echo("OK: no problems")
+
+
+def _finding_json(finding: Finding) -> dict[str, object]:
+    return {
+        "kind": finding.kind.value,
+        "key": finding.key,
+        "detail": finding.detail,
+        "version_id": None if finding.version_id is None else str(finding.version_id),
+        "document_id": None if finding.document_id is None else str(finding.document_id),
+        "problem": finding.is_problem,
+        "repairable": finding.repairable,
+    }
+
+
+def _report_json(
+    report: FsckReport, repaired: RepairResult | None, remaining: list[Finding]
+) -> dict[str, object]:
+    return {
+        "ok": not remaining,
+        "checked_at": report.checked_at.isoformat(),
+        "deep": report.deep,
+        "grace_hours": report.grace.total_seconds() / 3600,
+        "versions": report.versions,
+        "shredded": report.shredded,
+        "objects": report.objects,
+        "intents": report.intents,
+        "authenticated": report.authenticated,
+        "findings": [_finding_json(f) for f in report.findings],
+        "repair": None
+        if repaired is None
+        else {
+            "deleted": list(repaired.deleted),
+            "kept": [_finding_json(f) for f in repaired.kept],
+        },
+        "remaining_problems": len(remaining),
+    }
