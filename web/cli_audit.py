@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -169,6 +169,8 @@ def export(
     output: Path | None,
 ) -> None:
     """Export audit events, oldest first (formats: docs/audit-log.md)."""
+    if until is not None and until.date() == date.max:  # it has no next midnight
+        raise click.BadParameter("must be before 9999-12-31", param_hint="--until")
     where = EventFilter(
         actor_email=actor_email.strip().lower() if actor_email else None,
         student_id=student_id.strip() if student_id else None,

@@ -25,12 +25,15 @@ bp = Blueprint("compliance", __name__, url_prefix="/compliance")
 guard_role(bp, Role.COMPLIANCE)
 
 FILTER_FIELDS = ("actor", "student", "document", "action", "outcome", "since", "until")
+MAX_EMAIL_LENGTH = 254  # RFC 5321; the audit log's actor_email holds no more
 
 
 def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
     """The search form's values, the query they make, and errors keyed by field id."""
     values = {name: request.args.get(name, "").strip() for name in FILTER_FIELDS}
     errors: dict[str, str] = {}
+    if len(values["actor"]) > MAX_EMAIL_LENGTH:
+        errors["actor"] = f"An email address has at most {MAX_EMAIL_LENGTH} characters."
     student_id = None
     if values["student"]:
         try:
@@ -69,7 +72,7 @@ def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
         day = pages.parse_day(values["until"])
         # The form's last day is included: the query's bound is the next midnight.
         until = pages.start_of_day(day) + timedelta(days=1) if day else None
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31 has no next midnight
         errors["until"] = "Give the last day as a date, e.g. 2026-01-31."
     if since and until and since >= until:
         errors["until"] = "The last day must not be before the first day."

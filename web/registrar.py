@@ -7,6 +7,7 @@ guardians; share with guardians and revoke.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -29,6 +30,7 @@ from web import pages
 from web.auth import current_actor, guard_role
 from web.context import runtime
 from web.downloads import stream_document
+from web.errors import status_for
 
 bp = Blueprint("registrar", __name__, url_prefix="/registrar")
 guard_role(bp, Role.REGISTRAR)
@@ -41,6 +43,7 @@ class UploadOutcome:
     filename: str
     document: DocumentInfo | None = None
     reason: str | None = None
+    status: int = 422  # of a refusal: 413 when the file was too large
 
 
 @bp.get("/")
@@ -123,7 +126,7 @@ def upload_version(document_id: uuid.UUID) -> ResponseReturnValue:
             current_actor(), document_id, cast(BinaryIO, upload.stream), upload.filename
         )
     except ContentRejected as e:
-        return _document_page(document_id, errors={"file": e.message}, status=422)
+        return _document_page(document_id, errors={"file": e.message}, status=status_for(e))
     flash(f"Version {info.current.number} of “{info.title}” is stored.")
     return redirect(url_for("registrar.document", document_id=document_id))
 
@@ -196,8 +199,10 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
         )
         for f in files
     ]
-    # Some files stored is a success; nothing stored means the upload was refused.
-    return render({}, outcomes, 200 if any(o.document for o in outcomes) else 422)
+    # Some files stored is a success; nothing stored means the upload was refused
+    # (413 only when every file was refused for its size).
+    stored = any(o.document for o in outcomes)
+    return render({}, outcomes, 200 if stored else max(o.status for o in outcomes))
 
 
 def _store_one(
@@ -221,7 +226,7 @@ def _store_one(
             school_year=school_year,
         )
     except ContentRejected as e:
-        return UploadOutcome(name, reason=e.message)
+        return UploadOutcome(name, reason=e.message, status=status_for(e))
     except InvalidInput as e:
         return UploadOutcome(name, reason=e.public_message)
     return UploadOutcome(name, document=info)
@@ -230,6 +235,9 @@ def _store_one(
 def title_from_filename(filename: str) -> str:
     """A readable title from a file name: no folders, no extension, spaces for ``_``."""
     stem = PurePosixPath(filename.replace("\\", "/")).stem
+    # Control characters become spaces, so that a name carrying them is refused for its
+    # file name (the precise reason), not for a title the user never typed.
+    stem = "".join(" " if unicodedata.category(c) == "Cc" else c for c in stem)
     words = " ".join(stem.replace("_", " ").split())
     return words[:200] or "Untitled document"
 

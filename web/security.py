@@ -49,6 +49,17 @@ def _check_csrf() -> None:
         abort(400, description="The form has expired or did not come from Satchel. Reload it.")
 
 
+def _refuse_nul() -> None:
+    """Refuse a NUL character in the path, the user agent, a query or a form value."""
+    fields = [request.args, request.form] if request.method in _UNSAFE_METHODS else [request.args]
+    texts = [request.path, request.user_agent.string]
+    texts += [f"{k}{v}" for values in fields for k, v in values.items(multi=True)]
+    # SECURITY: no field accepts NUL; PostgreSQL cannot store it and the audit log refuses
+    # it, so it would otherwise fail deep inside a search or a login as a 500.
+    if any("\0" in text for text in texts):
+        abort(400, description="The request contains a NUL character, which no field accepts.")
+
+
 def _expire_idle_session(idle_seconds: int) -> None:
     """Forget a session unused for longer than the idle timeout (it must log in again)."""
     if "uid" not in session:
@@ -86,6 +97,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         session.permanent = True
         _expire_idle_session(idle_seconds)
         _check_csrf()
+        _refuse_nul()
 
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
