@@ -445,6 +445,11 @@ class S3ObjectStore(ObjectStore):
             # multipart upload) this store relies on; never switch to CRT implicitly.
             preferred_transfer_client="classic",
         )
+        # s3transfer reads a non-seekable stream (ours always is: the encrypting reader)
+        # into memory part by part, and by default buffers ten parts ahead: about 100 MB
+        # at the peak of a large upload. One part per request thread keeps every thread
+        # busy and bounds memory to about (concurrency + 1) parts.
+        config.max_in_memory_upload_chunks = self._concurrency
         try:
             self._client.upload_fileobj(
                 stream, self._bucket, full_key, ExtraArgs=extra, Config=config

@@ -1,0 +1,243 @@
+"""Audit log benchmark: appends per second and verification speed, SQLite and PostgreSQL.
+
+Appends go through ``AuditLog.record`` (one transaction per event, as a request makes)
+with 1 and 4 concurrent writers; the baseline is a plain INSERT of the same row into a
+table with the same columns, no trigger, lock or hashing, measured in the same run, the
+two interleaved round by round in alternating order. Verification runs over a log of
+100,000 events (``SATCHEL_BENCH_SCALE=small``, the default) or 1,000,000 (``full``),
+sealed by a checkpoint. The figures go to the shared results table (``results``).
+Goals: 2,000 appends/s with one PostgreSQL writer and 200,000 verified events/s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Engine, Index, MetaData, Table, insert, update
+
+from audit.checkpoint import CheckpointSigner
+from audit.events import GENESIS_HASH, PAYLOAD_FIELDS, encode_entry, event_values
+from audit.log import AuditLog
+from audit.merkle import leaf_hash
+from audit.models import EVENTS, HEAD
+from folders.db import make_engine
+from storage.objects import LocalObjectStore
+from tests.audit.test_tamper import sample_event
+from tests.benchmarks.conftest import Results, median, scale
+from tests.support.db import PostgresServer
+
+pytestmark = pytest.mark.postgres
+
+SCALES = {
+    "small": {"appends": 800, "rounds": 3, "verify": 100_000, "verify_runs": 3},
+    "full": {"appends": 5_000, "rounds": 5, "verify": 1_000_000, "verify_runs": 3},
+}
+GOAL_APPENDS_PER_S = 2_000  # one PostgreSQL writer
+GOAL_VERIFY_PER_S = 200_000
+ORIGIN = "bench.example/audit"
+SHORT_NAMES = {"sqlite": "sqlite", "postgresql": "pg"}
+
+
+@pytest.fixture
+def engines(
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_server: PostgresServer,
+    postgres_template: str,
+) -> Iterator[dict[str, Engine]]:
+    """A fresh migrated database of each kind, pooled for four writers."""
+    sqlite_path = tmp_path / "bench.db"
+    shutil.copyfile(sqlite_template, sqlite_path)
+    name = postgres_server.create_database(template=postgres_template)
+    engines = {
+        "sqlite": make_engine(f"sqlite:///{sqlite_path}", pool_size=8),
+        "postgresql": make_engine(postgres_server.url_for(name), pool_size=8),
+    }
+    yield engines
+    for engine in engines.values():
+        engine.dispose()
+    postgres_server.drop_database(name)
+
+
+def _log(engine: Engine, directory: Path) -> AuditLog:
+    key = directory / "signing.pem"
+    signer = (
+        CheckpointSigner.load(key, name=ORIGIN)
+        if key.exists()
+        else CheckpointSigner.create(key, name=ORIGIN)
+    )
+    return AuditLog(
+        engine,
+        signer,
+        LocalObjectStore(directory / "objects"),
+        lambda: datetime.now(UTC),
+        origin=ORIGIN,
+    )
+
+
+def _concurrently(writers: int, total: int, work: Callable[[int, int], None]) -> float:
+    """Run ``work(writer, i)`` ``total`` times split over ``writers`` threads; return /s."""
+    barrier = threading.Barrier(writers + 1)
+    failures: list[BaseException] = []
+
+    def run(writer: int) -> None:
+        barrier.wait()
+        try:
+            for i in range(writer, total, writers):
+                work(writer, i)
+        except BaseException as e:  # reported by the caller
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    assert failures == []
+    return total / elapsed
+
+
+def _bench_appends(
+    engine: Engine, directory: Path, writers: int, appends: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Audit appends/s and plain INSERTs/s of each round, interleaved."""
+    # The baseline: the same columns, indexes and bytes, inserted with nothing else.
+    name = f"bench_plain_{writers}"
+    plain = Table(
+        name,
+        MetaData(),
+        *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in EVENTS.c),
+    )
+    for index in EVENTS.indexes:
+        Index(f"{name}_{index.name}", *(plain.c[c.name] for c in index.columns))
+    plain.create(engine)
+    sample = _log(engine, directory).record(sample_event(1))
+    row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, event_values(sample.event), strict=True))
+    row.update(recorded_at=sample.recorded_at, entry=sample.entry, leaf_hash=sample.leaf_hash)
+    logs = [_log(engine, directory) for _ in range(writers)]
+    events = [sample_event(i) for i in range(16)]
+
+    def audit_append(writer: int, i: int) -> None:
+        logs[writer].record(events[i % 16])
+
+    audit_rates: list[float] = []
+    plain_rates: list[float] = []
+    for round_ in range(rounds):
+
+        def plain_insert(writer: int, i: int, offset: int = round_ * appends) -> None:
+            with engine.begin() as connection:
+                connection.execute(insert(plain), {**row, "sequence": offset + i})
+
+        order = ("plain", "audit") if round_ % 2 == 0 else ("audit", "plain")
+        for side in order:
+            if side == "plain":
+                plain_rates.append(_concurrently(writers, appends, plain_insert))
+            else:
+                audit_rates.append(_concurrently(writers, appends, audit_append))
+    plain.drop(engine)
+    return audit_rates, plain_rates
+
+
+def _fill(engine: Engine, events: int) -> None:
+    """Write a valid log of ``events`` events directly (appending them one by one would
+    take longer than the benchmark)."""
+    start = datetime(2025, 1, 6, 8, tzinfo=UTC)
+    templates = [sample_event(i) for i in range(64)]
+    previous = GENESIS_HASH
+    batch: list[dict[str, Any]] = []
+    with engine.begin() as connection:
+        for sequence in range(1, events + 1):
+            event = templates[sequence % 64]
+            moment = start + timedelta(microseconds=sequence * 1_337)
+            entry = encode_entry(sequence, moment, previous, event)
+            previous = leaf_hash(entry)
+            row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, event_values(event), strict=True))
+            row.update(sequence=sequence, recorded_at=moment, entry=entry, leaf_hash=previous)
+            batch.append(row)
+            if len(batch) == 10_000:
+                connection.execute(insert(EVENTS), batch)
+                batch.clear()
+        if batch:
+            connection.execute(insert(EVENTS), batch)
+        connection.execute(update(HEAD).values(last_sequence=events, last_leaf_hash=previous))
+
+
+def _bench_verify(engine: Engine, directory: Path, events: int, runs: int) -> list[float]:
+    """Verified events/s of each of ``runs`` verifications of a log of ``events``."""
+    _fill(engine, events)
+    log = _log(engine, directory)
+    log.checkpoint()
+    rates = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        report = log.verify()
+        elapsed = time.perf_counter() - started
+        assert report.ok, report.detail
+        assert report.events_checked == events
+        rates.append(events / elapsed)
+    return rates
+
+
+@pytest.mark.slow
+def test_audit_benchmark(engines: dict[str, Engine], tmp_path: Path, results: Results) -> None:
+    sizes = SCALES[scale()]
+    verify_medians = {}
+    for database, engine in engines.items():
+        short = SHORT_NAMES[database]
+        directory = tmp_path / database
+        directory.mkdir()
+        rates = _bench_verify(engine, directory, sizes["verify"], sizes["verify_runs"])
+        verify_medians[database] = median(rates)
+        results.add(
+            f"audit_verify_events_per_s_{short}",
+            median(rates),
+            "events/s",
+            samples=rates,
+            note=f"{sizes['verify']:,} events, {database}",
+        )
+        # Appends then extend that log, as they would in a school's long-lived one.
+        for writers in (1, 4):
+            audit, plain = _bench_appends(
+                engine, directory, writers, sizes["appends"], sizes["rounds"]
+            )
+            ratios = [a / p for a, p in zip(audit, plain, strict=True)]
+            what = f"{database}, {writers} writer{'s' if writers > 1 else ''}"
+            goal = f"; goal ≥ {GOAL_APPENDS_PER_S:,}" if (short, writers) == ("pg", 1) else ""
+            results.add(
+                f"audit_appends_per_s_{short}_{writers}",
+                median(audit),
+                "appends/s",
+                samples=audit,
+                note=f"AuditLog.record, {what}, {sizes['appends']} per round{goal}",
+            )
+            results.add(
+                f"audit_plain_inserts_per_s_{short}_{writers}",
+                median(plain),
+                "inserts/s",
+                samples=plain,
+                note=f"plain INSERT of the same row, {what}",
+            )
+            results.add(
+                f"audit_append_ratio_{short}_{writers}",
+                median(ratios),
+                "x plain",
+                samples=ratios,
+                note=what,
+            )
+    slowest = min(verify_medians, key=lambda d: verify_medians[d])
+    results.add(
+        "audit_verify_events_per_s",
+        verify_medians[slowest],
+        "events/s",
+        note=f"the slower database ({slowest}); goal ≥ {GOAL_VERIFY_PER_S:,}",
+    )

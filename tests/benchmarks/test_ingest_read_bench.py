@@ -1,0 +1,251 @@
+"""Ingest and read through the whole pipeline, against raw boto3 on the same SeaweedFS.
+
+Ingest: ``satchel ingest``'s path (:class:`folders.bulk.BulkIngest`: manifest, spool,
+ingest key, inspection, encryption, intent markers, SQL rows and the audit event in one
+transaction, on PostgreSQL) against ``put_object`` of the same files read from the same
+disk, both with :data:`WORKERS` threads. Read: :meth:`Documents.open` for a guardian
+(policy on grants and guardianship, audit event committed, key unwrapped, whole object
+authenticated, plaintext streamed) against ``get_object`` of the raw copies, both with
+:data:`READERS` threads. Each round runs both sides, in an order that alternates; every
+round stores the documents again under new titles (new ingest keys) and new raw keys.
+
+The documents are generated, 100 KB to 5 MB each, about 64 MB per round at small scale
+and 1 GB at full scale: typed records (PDF, text and a photo), scanned records (PDF,
+one greyscale image per page), multi-page TIFF scans and single-page PNG scans.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from folders.actor import Actor
+from folders.bulk import BulkIngest, RowOutcome, parse_manifest
+from folders.models import GrantScope, Role
+from folders.runtime import Runtime
+from tests.benchmarks.conftest import Results, median, scale
+from tests.benchmarks.district import add_account, generate_document, open_site, site_settings
+from tests.support.s3 import S3Service
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+pytestmark = [pytest.mark.s3, pytest.mark.postgres]
+
+WORKERS = 4  # satchel ingest's default --workers
+READERS = 4
+STUDENTS = 8
+SCALES = {"small": (64_000_000, 5), "full": (1_050_000_000, 5)}  # bytes per round, rounds
+
+
+@dataclass(frozen=True)
+class Corpus:
+    directory: Path
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def megabytes(self) -> float:
+        return sum(self.sizes) / 1e6
+
+
+def write_corpus(directory: Path, total_bytes: int, seed: int = 2025) -> Corpus:
+    """Generate documents into ``directory`` until they hold ``total_bytes``."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True)
+    names: list[str] = []
+    sizes: list[int] = []
+    while sum(sizes) < total_bytes:
+        name, data = generate_document(rng, len(names))
+        assert 100_000 <= len(data) <= 5_000_000, (name, len(data))
+        (directory / name).write_bytes(data)
+        names.append(name)
+        sizes.append(len(data))
+    return Corpus(directory, tuple(names), tuple(sizes))
+
+
+def write_manifest(corpus: Corpus, tag: str, district_ids: list[str]) -> Path:
+    """A manifest storing the corpus once more: new titles make new ingest keys."""
+    path = corpus.directory / f"manifest-{tag}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student_id", "category", "title", "school_year", "document_date", "path"])
+        for i, name in enumerate(corpus.names):
+            writer.writerow(
+                [
+                    district_ids[i % len(district_ids)],
+                    "assessment" if name.startswith("record") else "correspondence",
+                    f"Digitized folder page set {i} ({tag})",
+                    "2024-2025",
+                    "2025-03-14",
+                    name,
+                ]
+            )
+    return path
+
+
+def _parallel(workers: int, work: Callable[[int], object], count: int) -> float:
+    """Run ``work(i)`` for i in 0..count-1 on ``workers`` threads; return the seconds."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(work, range(count)):
+            pass
+    return time.perf_counter() - started
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path,
+    postgres_database_url: str,
+    s3_server: S3Service,
+    s3_bucket: str,
+    s3_prefix: str,
+) -> Iterator[Runtime]:
+    runtime = open_site(
+        site_settings(tmp_path / "site", postgres_database_url, s3_server, s3_bucket, s3_prefix)
+    )
+    yield runtime
+    runtime.close()
+
+
+@pytest.mark.slow
+def test_ingest_and_read_vs_raw_s3(
+    site: Runtime,
+    s3_client: S3Client,
+    s3_bucket: str,
+    s3_prefix: str,
+    tmp_path: Path,
+    results: Results,
+) -> None:
+    total, rounds = SCALES[scale()]
+    corpus = write_corpus(tmp_path / "corpus", total)
+    registrar = add_account(site, "registrar@bench.example", Role.REGISTRAR)
+    guardian = add_account(site, "guardian@bench.example", Role.GUARDIAN)
+    district_ids = []
+    for i in range(STUDENTS):
+        student = site.students.add_student(registrar, f"B-{i}", "Avery", f"Quinn {i}")
+        site.students.link_guardian(registrar, student.id, guardian.email)
+        site.grants.grant(registrar, guardian.email, student.id, GrantScope.FOLDER)
+        district_ids.append(student.district_id)
+    bulk = BulkIngest(
+        site.engine,
+        site.audit_log,
+        site.vault,
+        site.students,
+        site.clock,
+        spool_dir=site.settings.data_dir / "tmp",
+    )
+
+    def satchel_ingest(tag: str) -> tuple[float, list[object]]:
+        manifest = write_manifest(corpus, tag, district_ids)
+        parsed = parse_manifest(manifest.read_bytes(), corpus.directory)
+        started = time.perf_counter()
+        summary = bulk.run(registrar, parsed, workers=WORKERS)
+        seconds = time.perf_counter() - started
+        assert summary.count(RowOutcome.STORED) == len(corpus.names), summary.not_stored[:3]
+        return seconds, [r.document_id for r in summary.results]
+
+    def satchel_read(reader: Actor, document_ids: list[object]) -> float:
+        def one(i: int) -> None:
+            opened = site.documents.open(reader, document_ids[i])  # type: ignore[arg-type]
+            for _ in opened.chunks:
+                pass
+
+        return _parallel(READERS, one, len(document_ids))
+
+    def raw_put(tag: str) -> tuple[float, list[str]]:
+        keys = [f"{s3_prefix}raw/{tag}/{i}" for i in range(len(corpus.names))]
+
+        def one(i: int) -> None:
+            data = (corpus.directory / corpus.names[i]).read_bytes()
+            s3_client.put_object(Bucket=s3_bucket, Key=keys[i], Body=data)
+
+        return _parallel(WORKERS, one, len(keys)), keys
+
+    def raw_get(keys: list[str]) -> float:
+        def one(i: int) -> None:
+            body = s3_client.get_object(Bucket=s3_bucket, Key=keys[i])["Body"]
+            while body.read(64 * 1024):
+                pass
+            body.close()
+
+        return _parallel(READERS, one, len(keys))
+
+    def drop_raw(keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            s3_client.delete_objects(
+                Bucket=s3_bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
+            )
+
+    # Warm-up: connections, imports, caches on both sides.
+    _, ids = satchel_ingest("warm-up")
+    satchel_read(guardian, ids)
+    _, keys = raw_put("warm-up")
+    raw_get(keys)
+    drop_raw(keys)
+
+    mb = corpus.megabytes
+    ingest, put, read, get = [], [], [], []
+    for round_ in range(rounds):
+        order = ("raw", "satchel") if round_ % 2 == 0 else ("satchel", "raw")
+        for side in order:
+            if side == "raw":
+                seconds, keys = raw_put(f"r{round_}")
+                put.append(mb / seconds)
+                get.append(mb / raw_get(keys))
+                drop_raw(keys)
+            else:
+                seconds, ids = satchel_ingest(f"r{round_}")
+                ingest.append(mb / seconds)
+                read.append(mb / satchel_read(guardian, ids))
+
+    ingest_ratios = [s / r for s, r in zip(ingest, put, strict=True)]
+    read_ratios = [s / r for s, r in zip(read, get, strict=True)]
+    kinds = sorted({n.split("-")[0] + n[n.rindex(".") :] for n in corpus.names})
+    note = f"{len(corpus.names)} docs ({', '.join(kinds)}), {mb:.0f} MB per round, {rounds} rounds"
+    results.add(
+        "ingest_mb_per_s",
+        median(ingest),
+        "MB/s",
+        samples=ingest,
+        note=f"bulk ingest, {WORKERS} workers, PostgreSQL; {note}",
+    )
+    results.add(
+        "ingest_raw_mb_per_s",
+        median(put),
+        "MB/s",
+        samples=put,
+        note=f"boto3 put_object, {WORKERS} threads",
+    )
+    results.add(
+        "ingest_ratio",
+        median(ingest_ratios),
+        "x raw",
+        samples=ingest_ratios,
+        note="goal ≥ 0.85",
+    )
+    results.add(
+        "read_mb_per_s",
+        median(read),
+        "MB/s",
+        samples=read,
+        note=f"Documents.open as a guardian, {READERS} threads",
+    )
+    results.add(
+        "read_raw_mb_per_s",
+        median(get),
+        "MB/s",
+        samples=get,
+        note=f"boto3 get_object, {READERS} threads",
+    )
+    results.add("read_ratio", median(read_ratios), "x raw", samples=read_ratios, note="goal ≥ 0.85")
+    assert all(r > 0 for r in ingest_ratios + read_ratios)
