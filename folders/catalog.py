@@ -13,7 +13,7 @@ from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.auditing import event_for
-from folders.documents import DocumentInfo, VersionInfo
+from folders.documents import DocumentInfo, document_info
 from folders.errors import Forbidden, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide
@@ -43,30 +43,7 @@ class Catalog:
                 .where(DocumentVersion.document_id == document_id)
                 .order_by(DocumentVersion.number.desc())
             ).all()
-            info = DocumentInfo(
-                id=document.id,
-                student_id=document.student_id,
-                category=document.category,
-                title=document.title,
-                school_year=document.school_year,
-                effective_date=document.effective_date,
-                created_at=document.created_at,
-                versions=tuple(
-                    VersionInfo(
-                        id=v.id,
-                        number=v.number,
-                        size=v.size,
-                        sha256=v.plaintext_sha256,
-                        mime_type=v.mime_type,
-                        page_count=v.page_count,
-                        filename=v.original_filename,
-                        uploaded_at=v.uploaded_at,
-                        uploaded_by=v.uploaded_by,
-                        shredded=v.wrapped_dek is None,
-                    )
-                    for v in versions
-                ),
-            )
+            info = document_info(document, list(versions))
         self._audit.record(
             event_for(
                 actor, Action.DOCUMENT_METADATA, student_id=info.student_id, document_id=info.id

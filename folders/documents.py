@@ -169,7 +169,7 @@ class Documents:
                         detail=f"{document.category.value}: {document.title}",
                     ),
                 )
-                info = _document_info(document, [version])
+                info = document_info(document, [version])
         except BaseException:
             self._vault.store.delete(stored.object_key)
             raise
@@ -211,7 +211,7 @@ class Documents:
                         detail=f"version {number}",
                     ),
                 )
-                info = _document_info(document, self._versions(session, document_id))
+                info = document_info(document, self._versions(session, document_id))
         except BaseException:
             self._vault.store.delete(stored.object_key)
             raise
@@ -232,7 +232,7 @@ class Documents:
                 .order_by(Document.category, Document.created_at.desc())
             ).all()
             versions = self._versions_by_document(session, [d.id for d in documents])
-            result = [_document_info(d, versions.get(d.id, [])) for d in documents]
+            result = [document_info(d, versions.get(d.id, [])) for d in documents]
         self._audit.record(event_for(actor, Action.FOLDER_VIEW, student_id=student_id))
         return result
 
@@ -268,7 +268,7 @@ class Documents:
                 )
                 current = versions.get(document.id, [])[:1]
                 if current and decide(actor, Permission.VIEW_DOCUMENT, resource, now).allowed:
-                    info = _document_info(document, current)
+                    info = document_info(document, current)
                     shared.append(
                         SharedDocument(info, names[document.student_id], current[0].uploaded_at)
                     )
@@ -359,7 +359,7 @@ class Documents:
         # SECURITY: fail closed: the event is committed before any byte is handed out.
         self._audit.record(opened(Outcome.ALLOWED))
         self._audit.maybe_checkpoint()
-        info = _document_info(document, versions)
+        info = document_info(document, versions)
         return OpenedVersion(info, _version_info(version), chunks)
 
     # Helpers ----------------------------------------------------------------------------
@@ -486,7 +486,8 @@ def _version_info(v: DocumentVersion) -> VersionInfo:
     )
 
 
-def _document_info(document: Document, versions: list[DocumentVersion]) -> DocumentInfo:
+def document_info(document: Document, versions: list[DocumentVersion]) -> DocumentInfo:
+    """The frozen view of a document row and its version rows (newest first)."""
     return DocumentInfo(
         id=document.id,
         student_id=document.student_id,
