@@ -1,7 +1,7 @@
 """Pytest fixtures for tests that need a real S3 server.
 
 The server is the one named by ``SATCHEL_TEST_S3_*`` (started once per run by
-``python -m tests.support.seaweedfs up``), else a SeaweedFS started for this session.
+``python -m tests.support.seaweedfs up``), else a SeaweedFS started for this pytest run.
 Tests share one bucket per session and get a fresh key prefix each, because every new
 bucket costs the server a volume.
 """
