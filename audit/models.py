@@ -69,7 +69,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given; the audit log stores aware UTC timestamps")
+            raise ValueError("naive datetime given; Satchel stores aware UTC timestamps")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:

@@ -60,12 +60,13 @@ from audit.events import GENESIS_HASH, Action, Outcome, entry_from_values, forma
 from audit.merkle import MerkleAccumulator, leaf_hash
 from audit.models import CHECKPOINTS, HEAD
 from audit.verify import checkpoint_key
-from config import Settings, StorageBackend
+from config import Settings
 from folders.actor import Actor
 from folders.bootstrap import initialize
 from folders.categories import Category
 from folders.models import Role
 from folders.runtime import Runtime
+from tests.support.app import settings_on_s3
 from tests.support.postgres import libpq_url
 from tests.support.s3 import S3Service
 
@@ -78,19 +79,8 @@ def site_settings(
     data_dir: Path, database_url: str, s3: S3Service, bucket: str, prefix: str
 ) -> Settings:
     """Settings for an installation on the given PostgreSQL database and S3 bucket."""
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        storage_backend=StorageBackend.S3,
-        s3_endpoint_url=s3.endpoint_url,
-        s3_bucket=bucket,
-        s3_prefix=prefix,
-        s3_region=s3.region,
-        s3_access_key_id=s3.access_key,
-        s3_secret_access_key=s3.secret_key,
-        # The benchmarks log in over plain HTTP on loopback.
-        secure_cookies=False,
-    )
+    # The benchmarks log in over plain HTTP on loopback.
+    return settings_on_s3(data_dir, database_url, s3, bucket, prefix).replace(secure_cookies=False)
 
 
 def site_environment(settings: Settings) -> dict[str, str]:

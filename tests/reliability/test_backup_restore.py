@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from audit.events import Action
-from config import Settings, StorageBackend
+from config import Settings
 from folders.actor import Actor
 from folders.bootstrap import initialize
 from folders.categories import Category
@@ -36,6 +36,7 @@ from folders.documents import DocumentInfo
 from folders.models import DocumentVersion, GrantScope, Role
 from folders.runtime import Runtime
 from tests.support import samples
+from tests.support.app import settings_on_s3
 from tests.support.db import PostgresServer
 from tests.support.people import make_actor
 from tests.support.postgres import libpq_url
@@ -153,16 +154,8 @@ def test_backup_and_restore_drill(
     backup_bucket: str,
     minio_client: Minio,
 ) -> None:
-    settings_a = Settings(
-        data_dir=tmp_path / "a",
-        database_url=postgres_database_url,
-        storage_backend=StorageBackend.S3,
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_bucket=s3_bucket,
-        s3_prefix=s3_prefix,
-        s3_region=s3_server.region,
-        s3_access_key_id=s3_server.access_key,
-        s3_secret_access_key=s3_server.secret_key,
+    settings_a = settings_on_s3(
+        tmp_path / "a", postgres_database_url, s3_server, s3_bucket, s3_prefix
     )
     a = Runtime(settings_a, password_hasher=PasswordHasher(time_cost=1, memory_cost=1024))
     initialize(a)

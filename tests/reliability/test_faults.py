@@ -43,7 +43,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
 
 from audit.events import Action
-from config import Settings, StorageBackend
+from config import Settings
 from folders.actor import Actor
 from folders.bootstrap import initialize
 from folders.bulk import INTENT_PREFIX, MANIFEST_COLUMNS
@@ -54,6 +54,7 @@ from folders.models import Document, DocumentVersion, Grant, GrantScope, Role
 from folders.runtime import Runtime
 from storage.objects import make_s3_client
 from tests.support import samples
+from tests.support.app import settings_on_s3
 from tests.support.faults import break_audit_inserts
 from tests.support.people import Cast, make_actor
 from tests.support.postgres import libpq_url
@@ -444,16 +445,8 @@ def test_database_connection_lost_mid_transaction_is_503_and_nothing_half_writte
     blocked_on: str,
     message: str,
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=postgres_database_url,
-        storage_backend=StorageBackend.S3,
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_bucket=s3_bucket,
-        s3_prefix=s3_prefix,
-        s3_region=s3_server.region,
-        s3_access_key_id=s3_server.access_key,
-        s3_secret_access_key=s3_server.secret_key,
+    settings = settings_on_s3(
+        tmp_path / "data", postgres_database_url, s3_server, s3_bucket, s3_prefix
     )
     runtime = initialized(settings)
     try:

@@ -27,20 +27,30 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=database_url)
 
 
+def settings_on_s3(
+    data_dir: Path, database_url: str, server: S3Service, bucket: str, prefix: str
+) -> Settings:
+    """Settings for an instance whose objects go to ``server`` under ``bucket/prefix``."""
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        storage_backend=StorageBackend.S3,
+        s3_endpoint_url=server.endpoint_url,
+        s3_bucket=bucket,
+        s3_prefix=prefix,
+        s3_region=server.region,
+        s3_access_key_id=server.access_key,
+        s3_secret_access_key=server.secret_key,
+    )
+
+
 @pytest.fixture
 def s3_settings(
     settings: Settings, s3_server: S3Service, s3_bucket: str, s3_prefix: str
 ) -> Settings:
     """The test's settings with objects on the real S3 server, under the test's prefix."""
-    return settings.replace(
-        storage_backend=StorageBackend.S3,
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_bucket=s3_bucket,
-        s3_prefix=s3_prefix,
-        s3_region=s3_server.region,
-        s3_access_key_id=s3_server.access_key,
-        s3_secret_access_key=s3_server.secret_key,
-    )
+    assert settings.database_url is not None
+    return settings_on_s3(settings.data_dir, settings.database_url, s3_server, s3_bucket, s3_prefix)
 
 
 def _initialized_runtime(settings: Settings) -> Iterator[Runtime]:
