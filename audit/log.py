@@ -7,6 +7,14 @@
   it, which takes a lock every other append must wait for (a row lock on PostgreSQL, the
   database write lock on SQLite) until the transaction ends. Numbers are therefore
   gapless and committed in order, across any number of processes.
+- On PostgreSQL an append is usually one statement: the entry is computed in advance on
+  the guess that the head is still the last event this object appended, and the
+  statement inserts it only if, once the lock is taken, the head really is that event.
+  Inside a caller's transaction a wrong guess still takes the lock and returns the real
+  head, and a second statement inserts the entry computed from it, as on SQLite.
+  :meth:`AuditLog.record` sends its one statement in autocommit mode (a statement is a
+  transaction of its own), sparing the BEGIN round trip; there a wrong guess changes
+  nothing, and the append is made again in a transaction.
 - :meth:`AuditLog.checkpoint` seals every committed event in an Ed25519-signed RFC 9162
   tree head, stored in SQL and in the object store. The tree is kept in memory and only
   extended, so a checkpoint costs the new events, not the whole log.
@@ -22,7 +30,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -76,6 +95,64 @@ _ADVANCE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(last_leaf_hash=bindpar
 # PostgreSQL runs both in one statement (a data-modifying WITH), saving a round trip
 # per append; the INSERT runs to completion although the UPDATE does not read it.
 _INSERT_AND_ADVANCE = _ADVANCE_HEAD.add_cte(_INSERT_EVENT.cte("appended"))
+
+
+def _claim_and_insert(*, only_if_guessed: bool) -> Select[tuple[int, bytes, int]]:
+    """PostgreSQL's one-statement append of an entry computed on a guess of the head.
+
+    The entry's row values and the guessed head (``guess_sequence``, ``guess_leaf``) are
+    the parameters. The INSERT copies the entry only when the head the UPDATE locked is
+    the guessed one. The statement returns the counter after the UPDATE, the head's leaf
+    hash after it, and how many events were inserted (0 or 1).
+
+    ``only_if_guessed``: a wrong guess updates nothing and returns no row (for autocommit
+    mode). Otherwise a wrong guess still increments the counter, taking the lock as
+    ``_NEXT_SEQUENCE`` does, and leaves the leaf hash as that of the event before the
+    claimed number, for the caller to insert the right entry in a second statement.
+    """
+    guessed = (HEAD.c.last_sequence == bindparam("guess_sequence")) & (
+        HEAD.c.last_leaf_hash == bindparam("guess_leaf")
+    )
+    if only_if_guessed:
+        claim_head = (
+            update(HEAD)
+            .where(HEAD.c.id == 1, guessed)
+            .values(last_sequence=HEAD.c.last_sequence + 1, last_leaf_hash=bindparam("leaf_hash"))
+        )
+    else:
+        claim_head = (
+            update(HEAD)
+            .where(HEAD.c.id == 1)
+            .values(
+                last_sequence=HEAD.c.last_sequence + 1,
+                last_leaf_hash=case((guessed, bindparam("leaf_hash")), else_=HEAD.c.last_leaf_hash),
+            )
+        )
+    claim = claim_head.returning(HEAD.c.last_sequence, HEAD.c.last_leaf_hash).cte("claim")
+    values = [bindparam(column.name, type_=column.type) for column in EVENTS.c]
+    inserted = (
+        insert(EVENTS)
+        .from_select(
+            [column.name for column in EVENTS.c],
+            select(*values)
+            .select_from(claim)
+            .where(
+                claim.c.last_sequence == bindparam("sequence"),
+                claim.c.last_leaf_hash == bindparam("leaf_hash"),
+            ),
+        )
+        .returning(EVENTS.c.sequence)
+        .cte("inserted")
+    )
+    return select(
+        claim.c.last_sequence,
+        claim.c.last_leaf_hash,
+        select(func.count()).select_from(inserted).scalar_subquery(),
+    )
+
+
+_CLAIM_AND_INSERT = _claim_and_insert(only_if_guessed=False)
+_INSERT_IF_GUESSED = _claim_and_insert(only_if_guessed=True)
 _LOG_SIZE = select(func.coalesce(func.max(EVENTS.c.sequence), 0))
 _LATEST_NOTE = select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)
 _PENDING = select(
@@ -218,6 +295,14 @@ class AuditLog:
         self._tree_lock = threading.Lock()
         self._tree = MerkleAccumulator()
         self._tree_head = GENESIS_HASH
+        # The sequence number and leaf hash of the last event this object appended,
+        # the guess for the next append's head (see _append_guessing). Only a hint:
+        # the database checks it, so a stale or rolled-back one costs a round trip.
+        self._last_appended: tuple[int, bytes] | None = None
+        # Whether the last guess held. Under contention guesses mostly fail, and an
+        # autocommit attempt that fails costs a wasted round trip, so record() makes
+        # one only after a guess held.
+        self._guess_held = False
 
     # Appending --------------------------------------------------------------------------
 
@@ -243,31 +328,92 @@ class AuditLog:
         Returns once the event is committed. Raises :class:`AuditUnavailable`.
         """
         try:
+            if self._engine.dialect.name == "postgresql" and self._guess_held:
+                with self._engine.connect() as connection:
+                    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+                    recorded = self._append_if_guessed(autocommit, event)
+                if recorded is not None:
+                    return recorded
             with self._engine.begin() as connection:
                 return self._append(connection, event)
         except (SQLAlchemyError, ValueError) as e:
             raise AuditUnavailable(f"the audit event could not be written: {_reason(e)}") from e
 
     def _append(self, connection: Connection, event: Event) -> RecordedEvent:
-        # SECURITY: incrementing the counter first takes the lock that serialises
-        # appends; the row it returns is the committed head, never a stale snapshot.
-        sequence, previous = connection.execute(_NEXT_SEQUENCE).one()
-        # Read after taking the lock, so times never run backwards along the sequence.
+        values = event_values(event)
+        if connection.dialect.name == "postgresql":
+            recorded = self._append_guessing(connection, event, values)
+        else:
+            # SECURITY: incrementing the counter first takes the lock that serialises
+            # appends; the row it returns is the committed head, never a stale snapshot.
+            sequence, previous = connection.execute(_NEXT_SEQUENCE).one()
+            recorded, row = self._entry(sequence, previous, event, values)
+            connection.execute(_INSERT_EVENT, row)
+            connection.execute(_ADVANCE_HEAD, {"leaf_hash": recorded.leaf_hash})
+        self._last_appended = (recorded.sequence, recorded.leaf_hash)
+        return recorded
+
+    def _append_if_guessed(self, connection: Connection, event: Event) -> RecordedEvent | None:
+        """Append in one statement if the head is still our last event; else change nothing.
+
+        The statement commits by itself: ``connection`` must be in autocommit mode.
+        Returns None (nothing written) when there is no guess or it is wrong.
+        """
+        guess = self._last_appended  # SECURITY: before the clock, as in _append_guessing
+        if guess is None:
+            return None
+        guess_sequence, guess_leaf = guess
+        recorded, row = self._entry(guess_sequence + 1, guess_leaf, event, event_values(event))
+        row.update(guess_sequence=guess_sequence, guess_leaf=guess_leaf)
+        if connection.execute(_INSERT_IF_GUESSED, row).one_or_none() is None:
+            self._guess_held = False
+            return None
+        self._last_appended = (recorded.sequence, recorded.leaf_hash)
+        return recorded
+
+    def _append_guessing(
+        self, connection: Connection, event: Event, values: tuple[str | None, ...]
+    ) -> RecordedEvent:
+        """Append in one statement if the head is still our last event, else in two."""
+        # SECURITY: the guess is read before the clock, and it names an event whose
+        # time was read before the guess was stored, so an entry appended on a right
+        # guess is never older than the event before it.
+        guess = self._last_appended
+        if guess is None:
+            sequence, previous = connection.execute(_NEXT_SEQUENCE).one()
+            self._guess_held = True  # nothing to guess from yet: try from now on
+        else:
+            guess_sequence, guess_leaf = guess
+            recorded, row = self._entry(guess_sequence + 1, guess_leaf, event, values)
+            row.update(guess_sequence=guess_sequence, guess_leaf=guess_leaf)
+            sequence, head_leaf, inserted = connection.execute(_CLAIM_AND_INSERT, row).one()
+            self._guess_held = inserted == 1
+            if inserted:
+                return recorded
+            # A wrong guess: the counter was still incremented under the lock, and the
+            # head's leaf hash left as that of the event before the claimed number.
+            previous = head_leaf
+        recorded, row = self._entry(sequence, previous, event, values)
+        connection.execute(_INSERT_AND_ADVANCE, row)
+        return recorded
+
+    def _entry(
+        self, sequence: int, previous: bytes, event: Event, values: tuple[str | None, ...]
+    ) -> tuple[RecordedEvent, dict[str, Any]]:
+        """The event as number ``sequence`` after ``previous``, and its row's values.
+
+        The time is read here, after the caller took the sequence lock (or read its
+        guess), so times never run backwards along the sequence.
+        """
         now = self._clock()
         if now.utcoffset() is None:
             raise ValueError("the clock returned a naive datetime")
         recorded_at = now.astimezone(UTC)
-        values = event_values(event)
         entry = entry_from_values(sequence, format_time(recorded_at), previous.hex(), values)
         leaf = leaf_hash(entry)
         row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, values, strict=True))
         row.update(sequence=sequence, recorded_at=recorded_at, entry=entry, leaf_hash=leaf)
-        if connection.dialect.name == "postgresql":
-            connection.execute(_INSERT_AND_ADVANCE, row)
-        else:
-            connection.execute(_INSERT_EVENT, row)
-            connection.execute(_ADVANCE_HEAD, {"leaf_hash": leaf})
-        return RecordedEvent(sequence, recorded_at, event, previous, entry, leaf)
+        return RecordedEvent(sequence, recorded_at, event, previous, entry, leaf), row
 
     # Checkpoints ------------------------------------------------------------------------
 

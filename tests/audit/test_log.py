@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from minio import Minio
 from minio.error import S3Error
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -313,6 +314,82 @@ def postgres_engine(postgres_server: PostgresServer, postgres_template: str) -> 
     yield engine
     engine.dispose()
     postgres_server.drop_database(name)
+
+
+def _statements(engine: Engine, action: Callable[[], object]) -> str:
+    """The statements ``action`` sent: "A" for one in autocommit mode, "T" in a transaction."""
+    sent: list[str] = []
+
+    def count(connection: Connection, *_args: object) -> None:
+        driver = connection.connection.driver_connection
+        sent.append("A" if getattr(driver, "autocommit", False) else "T")
+
+    sqlalchemy_event.listen(engine, "before_cursor_execute", count)
+    try:
+        action()
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", count)
+    return "".join(sent)
+
+
+def _append_in_transaction(engine: Engine, log: AuditLog, event: Event) -> None:
+    with Session(engine) as session, session.begin():
+        log.append(session, event)
+
+
+@pytest.mark.postgres
+def test_postgresql_appends_in_one_statement_while_the_guess_holds(
+    postgres_engine: Engine, tmp_path: Path
+) -> None:
+    clock = Clock()
+    mine = make_log(postgres_engine, tmp_path, clock)
+    other = make_log(postgres_engine, tmp_path, clock)
+
+    def record(log: AuditLog, i: int) -> str:
+        return _statements(postgres_engine, lambda: log.record(sample_event(i)))
+
+    def append(log: AuditLog, i: int) -> str:
+        event = sample_event(i)
+        return _statements(
+            postgres_engine, lambda: _append_in_transaction(postgres_engine, log, event)
+        )
+
+    # A log's first append knows no head yet: lock and read it, then insert.
+    assert record(mine, 1) == "TT"
+    # The head is still its own last event: one statement, alone or in a transaction.
+    assert record(mine, 2) == "A"
+    assert append(mine, 3) == "T"
+    # Another log appended meanwhile, so the guess is wrong. In a transaction the
+    # statement still took the lock and read the head: one more statement inserts.
+    assert append(other, 4) == "TT"
+    assert append(mine, 5) == "TT"
+    # After a wrong guess a log appends in a transaction until a guess holds again.
+    assert record(mine, 6) == "T"
+    # Alone, in autocommit mode, a wrong guess changes nothing; the append is then
+    # made in a transaction.
+    assert record(other, 7) == "ATT"
+    assert record(mine, 8) == "ATT"
+    assert record(mine, 9) == "T"
+    assert record(mine, 10) == "A"
+    # A rolled-back append leaves its log a guess of a head that never was.
+    with pytest.raises(RuntimeError), Session(postgres_engine) as session, session.begin():
+        mine.append(session, sample_event(11))
+        raise RuntimeError("the action failed after its event was written")
+    assert record(mine, 12) == "ATT"
+    assert record(mine, 13) == "T"
+    with postgres_engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT sequence, request_id, recorded_at FROM audit_events ORDER BY sequence")
+        ).all()
+    expected = [i for i in range(1, 14) if i != 11]
+    # Every entry chains to the one before and no time runs backwards.
+    assert [row.sequence for row in rows] == list(range(1, 13))
+    assert [row.request_id for row in rows] == [f"req-{i}" for i in expected]
+    assert [row.recorded_at for row in rows] == sorted(row.recorded_at for row in rows)
+    mine.checkpoint()
+    report = mine.verify()
+    assert report.ok, report.detail
+    assert report.events_checked == 12
 
 
 @pytest.mark.postgres

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import time
+
+import psycopg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from audit.models import AuditBase
-from folders.db import current_revision, head_revision, upgrade
+from folders.db import current_revision, head_revision, make_engine, upgrade
 from folders.models import Base
+from tests.support.postgres import libpq_url
 
 
 def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
@@ -23,3 +29,49 @@ def test_upgrade_is_idempotent(engine: Engine) -> None:
     assert {"students", "users", "guardianships", "documents", "document_versions", "grants"} <= (
         before
     )
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        pid: int = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        return pid
+
+
+def _terminate(database_url: str, pid: int) -> None:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # Wait until the server has really ended it.
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            time.sleep(0.01)
+
+
+@pytest.mark.postgres
+def test_an_idle_pooled_connection_that_died_is_replaced_unnoticed(
+    postgres_database_url: str,
+) -> None:
+    engine = make_engine(postgres_database_url, ping_idle_after=0.05, pool_size=1)
+    try:
+        first = _backend_pid(engine)
+        _terminate(postgres_database_url, first)
+        time.sleep(0.1)
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_recently_used_pooled_connection_is_reused_without_a_ping(
+    postgres_database_url: str,
+) -> None:
+    # The other side of the trade: no round trip for a connection just used, so a
+    # backend killed within that window fails the next transaction, and only that one.
+    engine = make_engine(postgres_database_url, ping_idle_after=60, pool_size=1)
+    try:
+        first = _backend_pid(engine)
+        assert _backend_pid(engine) == first
+        _terminate(postgres_database_url, first)
+        with pytest.raises(OperationalError):
+            _backend_pid(engine)
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()
