@@ -61,7 +61,13 @@ from audit.events import (
 )
 from audit.merkle import MerkleAccumulator, leaf_hash, verify_inclusion
 from audit.models import CHECKPOINTS, EVENTS, HEAD
-from audit.verify import CHECKPOINT_PREFIX, VerifyReport, checkpoint_key, verify_log
+from audit.verify import (
+    CHECKPOINT_PREFIX,
+    VerifyReport,
+    checkpoint_key,
+    suggested_workers,
+    verify_log,
+)
 from storage.errors import ObjectNotFound, StorageError
 from storage.objects import ObjectStore
 
@@ -763,9 +769,13 @@ class AuditLog:
             raise AuditError(f"event {sequence} does not match checkpoint {size}: {e}") from e
         return InclusionProof(recorded, signed, hashes)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, *, workers: int = 1) -> VerifyReport:
         """Recompute the chain, tree and signatures; see :func:`audit.verify.verify_log`."""
-        return verify_log(self._engine, self._verifier, self._store, self._origin)
+        return verify_log(self._engine, self._verifier, self._store, self._origin, workers=workers)
+
+    def suggested_workers(self) -> int:
+        """How many processes :meth:`verify` should use on this machine."""
+        return suggested_workers(self._engine)
 
     def public_key_pem(self) -> bytes:
         """The checkpoint verification key, PEM SubjectPublicKeyInfo."""

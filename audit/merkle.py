@@ -345,6 +345,41 @@ class MerkleAccumulator:
         for h in leaf_hashes:
             self.append(h)
 
+    @property
+    def stack(self) -> tuple[bytes, ...]:
+        """The perfect subtree roots of the compact range, largest (leftmost) first.
+
+        Their sizes are the set bits of :attr:`size`, highest first.
+        """
+        return tuple(self._stack)
+
+    def append_subtree(self, subtree_root: bytes, height: int) -> None:
+        """Append a perfect subtree of ``2**height`` leaves given by its root hash.
+
+        Equivalent to appending its leaves one by one. Raises ``ValueError`` unless the
+        current size is a multiple of ``2**height`` (the subtree must sit aligned, as it
+        does in the full tree) or if the hash is not 32 bytes.
+        """
+        if len(subtree_root) != HASH_SIZE:
+            raise ValueError(f"a subtree root is {HASH_SIZE} bytes, got {len(subtree_root)}")
+        if height < 0 or self._size % (1 << height):
+            raise ValueError(f"a subtree of 2**{height} leaves cannot follow {self._size}")
+        stack = self._stack
+        stack.append(subtree_root)
+        self._size += 1 << height
+        carry = self._size >> height
+        while not carry & 1:
+            right = stack.pop()
+            stack[-1] = hashlib.sha256(_NODE_PREFIX + stack[-1] + right).digest()
+            carry >>= 1
+
+    def copy(self) -> MerkleAccumulator:
+        """An independent accumulator in the same state."""
+        twin = MerkleAccumulator()
+        twin._size = self._size
+        twin._stack = list(self._stack)
+        return twin
+
     def root(self) -> bytes:
         """Return the Merkle tree hash of every leaf so far (``EMPTY_ROOT`` if none)."""
         if not self._stack:

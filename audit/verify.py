@@ -24,16 +24,29 @@ them, which is why checkpoints are made every few minutes.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    create_engine,
+    func,
+    select,
+    type_coerce,
+)
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from audit.checkpoint import Checkpoint, CheckpointVerifier
 from audit.errors import AuditUnavailable, ProofError
@@ -51,7 +64,14 @@ from audit.models import CHECKPOINTS, EVENTS, HEAD
 from storage.errors import StorageError
 from storage.objects import ObjectStore
 
-__all__ = ["CHECKPOINT_PREFIX", "Problem", "VerifyReport", "checkpoint_key", "verify_log"]
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "Problem",
+    "VerifyReport",
+    "checkpoint_key",
+    "suggested_workers",
+    "verify_log",
+]
 
 CHECKPOINT_PREFIX = "audit/checkpoints/"
 _CHECKPOINT_NAME = re.compile(r"([0-9]{20})\.note")
@@ -102,12 +122,20 @@ class _Finding:
 
 
 def verify_log(
-    engine: Engine, verifier: CheckpointVerifier, store: ObjectStore, origin: str
+    engine: Engine,
+    verifier: CheckpointVerifier,
+    store: ObjectStore,
+    origin: str,
+    *,
+    workers: int = 1,
 ) -> VerifyReport:
     """Verify every event and checkpoint of the log in ``engine`` and ``store``.
 
-    Raises :class:`AuditUnavailable` if the database or the object store cannot be
-    read; every integrity failure is reported, not raised.
+    With ``workers`` > 1, a log of at least ``PARALLEL_MIN_EVENTS`` events in a database
+    file or server is checked in that many processes, chunk by chunk (see
+    :func:`_parallel_scan`); the report is the same as from one process. Raises
+    :class:`AuditUnavailable` if the database or the object store cannot be read; every
+    integrity failure is reported, not raised.
     """
     warnings: list[str] = []
     findings: list[_Finding] = []
@@ -130,10 +158,17 @@ def verify_log(
             sql_rows, stored, verifier, store, origin, findings, warnings
         )
         scan = _Scan(seals, lambda sequence: _stored_leaf(engine, sequence))
+        fast = None
+        if workers > 1 and counted is not None and counted >= PARALLEL_MIN_EVENTS:
+            fast = _parallel_scan(engine, counted, seals, workers)
         with engine.connect() as connection:
-            # Closed at once when the scan stops early, so the connection is free again.
-            with closing(_rows(connection)) as rows:
-                finding = scan.run(rows)
+            if fast is not None:
+                finding = None
+                scan.verified, scan.last_leaf = fast
+            else:
+                # Closed at once when the scan stops early, so the connection is free.
+                with closing(_rows(connection)) as rows:
+                    finding = scan.run(rows)
             counted_after, _ = _counter(connection.execute(head).one_or_none())
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as e:
         # The scan reads through the driver directly (see _rows), so its errors too.
@@ -340,8 +375,12 @@ def _row_columns(dialect: str) -> list[ColumnElement[Any]]:
     ]
 
 
-def _rows(connection: Connection) -> Generator[Sequence[Any], None, None]:
+def _rows(
+    connection: Connection, first: int | None = None, last: int | None = None
+) -> Generator[Sequence[Any], None, None]:
     """Every event row in sequence order, as plain driver tuples, in bounded memory.
+
+    ``first`` and ``last`` (inclusive) limit the sequence numbers read.
 
     Verification is bound by the client's CPU per row, so this bypasses SQLAlchemy's
     result objects. On PostgreSQL it streams in psycopg's binary format and chunked-rows
@@ -349,7 +388,12 @@ def _rows(connection: Connection) -> Generator[Sequence[Any], None, None]:
     together this halves the time per row compared with a SQLAlchemy result.
     """
     statement = select(*_row_columns(connection.dialect.name)).order_by(EVENTS.c.sequence)
-    # The statement's only literals are the two constant format strings above.
+    if first is not None:
+        statement = statement.where(EVENTS.c.sequence >= first)
+    if last is not None:
+        statement = statement.where(EVENTS.c.sequence <= last)
+    # The statement's only literals are the two constant format strings above and the
+    # two integer bounds.
     sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
     driver = connection.connection.driver_connection
     assert driver is not None
@@ -376,6 +420,212 @@ def _stored_leaf(engine: Engine, sequence: int) -> bytes | None:
         return found
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """Where :func:`_check_rows` stopped: the next sequence number it expected, the
+    leaf hash of the last event it verified, and the row that failed, if one did."""
+
+    next_sequence: int
+    last_leaf: bytes
+    bad_row: Sequence[Any] | None
+
+
+def _check_rows(
+    rows: Iterator[Sequence[Any]],
+    first: int,
+    previous: bytes,
+    tree: MerkleAccumulator,
+    marks: Sequence[int],
+    at_mark: Callable[[int, MerkleAccumulator], bool],
+) -> _Checked:
+    """The fast path: check consecutive rows from event ``first`` on, chaining from
+    ``previous``, appending each leaf to ``tree``.
+
+    A row must carry the expected sequence number, an entry that is exactly the
+    canonical encoding of its columns and of ``previous``, and the leaf hash of that
+    entry. After each event whose number is in ``marks`` (ascending), ``at_mark(size,
+    tree)`` runs; it returns False to stop. Stops at the first row that fails.
+    """
+    sha256 = hashlib.sha256
+    append = tree.append
+    marks = [*marks, -1]  # sentinel: no further mark
+    mark_index = 0
+    next_mark = marks[0]
+    expected = first
+    for row in rows:
+        sequence = row[0]
+        entry = row[16]
+        try:
+            leaf = sha256(b"\x00" + entry).digest()
+            intact = (
+                sequence == expected
+                and entry == entry_from_values(sequence, row[1], previous.hex(), row[2:16])
+                and leaf == row[17]
+            )
+        except TypeError:  # SQLite keeps whatever type a DBA writes into a column
+            intact = False
+        if not intact:
+            return _Checked(expected, previous, row)
+        append(leaf)
+        previous = leaf
+        if expected == next_mark:
+            if not at_mark(expected, tree):
+                return _Checked(expected + 1, previous, None)
+            mark_index += 1
+            next_mark = marks[mark_index]
+        expected += 1
+    return _Checked(expected, previous, None)
+
+
+PARALLEL_MIN_EVENTS = 1 << 18
+"""Below this many events one process verifies faster than several can start."""
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def suggested_workers(engine: Engine, cpus: int | None = None) -> int:
+    """How many processes should verify the log in ``engine`` on a machine of ``cpus``.
+
+    Every worker reading a PostgreSQL log keeps a server backend about as busy as
+    itself, so a server on this machine (loopback or a socket) gets half the CPUs;
+    a SQLite file or a server elsewhere gets them all.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    url = engine.url
+    if url.get_backend_name() != "sqlite" and (not url.host or url.host in _LOCAL_HOSTS):
+        return max(1, cpus // 2)
+    return cpus
+
+
+_CHUNK_HEIGHT_MIN = 14
+
+
+@dataclass(frozen=True)
+class _ChunkJob:
+    """Events ``first``..``last`` (None: to the end of the log) of the log at ``url``."""
+
+    url: str
+    first: int
+    last: int | None
+    marks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    """A chunk that passed the fast path (``ok``), or one that did not.
+
+    ``previous`` is the stored leaf hash of the event before the chunk, which it chained
+    from; ``stack`` the compact range of the chunk's own leaves, and ``at_marks`` that
+    range after each checkpoint size inside the chunk.
+    """
+
+    ok: bool
+    previous: bytes
+    count: int
+    last_leaf: bytes
+    stack: tuple[bytes, ...]
+    at_marks: dict[int, tuple[bytes, ...]]
+
+
+def _check_chunk(job: _ChunkJob) -> _ChunkResult:
+    """Run the fast path over one chunk, in a worker process."""
+    engine = create_engine(job.url, poolclass=NullPool)
+    try:
+        if job.first == 1:
+            previous: bytes | None = GENESIS_HASH
+        else:
+            previous = _stored_leaf(engine, job.first - 1)
+        if not isinstance(previous, bytes) or len(previous) != len(GENESIS_HASH):
+            return _ChunkResult(False, b"", 0, b"", (), {})
+        at_marks: dict[int, tuple[bytes, ...]] = {}
+
+        def at_mark(size: int, tree: MerkleAccumulator) -> bool:
+            at_marks[size] = tree.stack
+            return True
+
+        tree = MerkleAccumulator()
+        with (
+            engine.connect() as connection,
+            closing(_rows(connection, job.first, job.last)) as rows,
+        ):
+            checked = _check_rows(rows, job.first, previous, tree, job.marks, at_mark)
+    finally:
+        engine.dispose()
+    return _ChunkResult(
+        checked.bad_row is None,
+        previous,
+        checked.next_sequence - job.first,
+        checked.last_leaf,
+        tree.stack,
+        at_marks,
+    )
+
+
+def _parallel_scan(
+    engine: Engine, counted: int, seals: dict[int, Checkpoint], workers: int
+) -> tuple[int, bytes] | None:
+    """The fast path over the whole log in ``workers`` processes.
+
+    The log is cut into chunks of ``2**h`` events, so that each chunk is a perfect
+    subtree of the Merkle tree: a worker checks one chunk's rows and chain from the
+    stored leaf hash of the event before it, and returns the chunk's compact range (and
+    that range at every checkpoint size inside it). Joining them in order here checks
+    that each chunk chains from the last leaf of the one before, rebuilds the tree
+    (:meth:`MerkleAccumulator.append_subtree`) and compares the root at every checkpoint.
+
+    Returns (events verified, leaf hash of the last one) when everything verifies, or
+    None if anything failed or cannot run this way (an in-memory database); the caller
+    then scans in one process, which names the first problem and where it is.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None
+    height = max(_CHUNK_HEIGHT_MIN, (counted // (4 * workers)).bit_length() - 1)
+    size = 1 << height
+    firsts = list(range(1, counted + 1, size))
+    marks = sorted(mark for mark in seals if mark > 0)
+    jobs = [
+        _ChunkJob(
+            url.render_as_string(hide_password=False),
+            first,
+            None if index == len(firsts) - 1 else first + size - 1,
+            tuple(
+                mark
+                for mark in marks
+                if mark >= first and (index == len(firsts) - 1 or mark < first + size)
+            ),
+        )
+        for index, first in enumerate(firsts)
+    ]
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            results = list(pool.map(_check_chunk, jobs))
+    except Exception:  # the scan in one process is the authority
+        # A worker that could not start, read or report back: the caller's scan
+        # then reads the log itself, and raises or reports what is wrong.
+        return None
+    prefix = MerkleAccumulator()
+    last_leaf = GENESIS_HASH
+    for job, result in zip(jobs, results, strict=True):
+        if not result.ok or result.previous != last_leaf:
+            return None
+        for mark, stack in result.at_marks.items():
+            joined = prefix.copy()
+            within = mark - job.first + 1
+            heights = [bit for bit in reversed(range(height + 1)) if within >> bit & 1]
+            for node, bit in zip(stack, heights, strict=True):
+                joined.append_subtree(node, bit)
+            if joined.root() != seals[mark].root_hash:
+                return None
+        last_leaf = result.last_leaf
+        if job.last is not None:
+            if result.count != size:
+                return None
+            (whole,) = result.stack
+            prefix.append_subtree(whole, height)
+    return prefix.size + results[-1].count, last_leaf
+
+
 class _Scan:
     """One pass over the rows: the fast path checks, then the diagnosis of a failure."""
 
@@ -389,46 +639,37 @@ class _Scan:
 
     def run(self, rows: Iterator[Sequence[Any]]) -> _Finding | None:
         """Check ``rows`` in order; return the first problem, or None."""
-        sha256 = hashlib.sha256
-        tree = MerkleAccumulator()
-        append = tree.append
         marks = sorted(size for size in self._seals if size > 0)
-        marks.append(-1)  # sentinel: no further checkpoint
-        mark_index, next_mark, last_good_mark = 0, marks[0], 0
-        expected, previous = 1, GENESIS_HASH
-        for row in rows:
-            sequence = row[0]
-            entry = row[16]
-            try:
-                leaf = sha256(b"\x00" + entry).digest()
-                intact = (
-                    sequence == expected
-                    and entry == entry_from_values(sequence, row[1], previous.hex(), row[2:16])
-                    and leaf == row[17]
-                )
-            except TypeError:  # SQLite keeps whatever type a DBA writes into a column
-                intact = False
-            if not intact:
-                self.verified = expected - 1
-                return self._diagnose(expected, previous, row, list(islice(rows, _LOOKAHEAD)))
-            append(leaf)
-            previous = leaf
-            if expected == next_mark:
-                if tree.root() != self._seals[expected].root_hash:
-                    self.verified = last_good_mark
-                    return _Finding(
-                        last_good_mark + 1,
-                        Problem.EDITED,
-                        f"events {last_good_mark + 1}..{expected} do not match the signed "
-                        f"checkpoint for tree size {expected}: history was rewritten "
-                        "(entries and hashes recomputed)",
-                    )
-                last_good_mark = expected
-                mark_index += 1
-                next_mark = marks[mark_index]
-            expected += 1
-        self.verified = expected - 1
-        self.last_leaf = previous
+        last_good_mark = 0
+        bad_mark: int | None = None
+
+        def at_mark(size: int, tree: MerkleAccumulator) -> bool:
+            nonlocal last_good_mark, bad_mark
+            if tree.root() != self._seals[size].root_hash:
+                bad_mark = size
+                return False
+            last_good_mark = size
+            return True
+
+        checked = _check_rows(rows, 1, GENESIS_HASH, MerkleAccumulator(), marks, at_mark)
+        if bad_mark is not None:
+            self.verified = last_good_mark
+            return _Finding(
+                last_good_mark + 1,
+                Problem.EDITED,
+                f"events {last_good_mark + 1}..{bad_mark} do not match the signed "
+                f"checkpoint for tree size {bad_mark}: history was rewritten "
+                "(entries and hashes recomputed)",
+            )
+        self.verified = checked.next_sequence - 1
+        if checked.bad_row is not None:
+            return self._diagnose(
+                checked.next_sequence,
+                checked.last_leaf,
+                checked.bad_row,
+                list(islice(rows, _LOOKAHEAD)),
+            )
+        self.last_leaf = checked.last_leaf
         return None
 
     def _diagnose(

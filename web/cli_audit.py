@@ -36,9 +36,15 @@ def audit_cli() -> None:
 
 @audit_cli.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Processes that check a large log in parallel [default: the number of CPUs, "
+    "or half of them with PostgreSQL on this machine].",
+)
 @with_appcontext
 @reports_errors
-def verify(as_json: bool) -> None:
+def verify(as_json: bool, jobs: int | None) -> None:
     """Recompute the hash chain, Merkle tree and checkpoint signatures.
 
     Checks every event in SQL against the checkpoints in SQL and in the object store.
@@ -46,7 +52,7 @@ def verify(as_json: bool) -> None:
     and what is wrong: edited, deleted, inserted, reordered, truncated, bad signature.
     """
     log = runtime().audit_log
-    report = log.verify()
+    report = log.verify(workers=jobs or log.suggested_workers())
     if as_json:
         click.echo(json.dumps(_report_json(report), indent=2))
     else:

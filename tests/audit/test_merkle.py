@@ -220,6 +220,46 @@ def test_accumulator_memory_is_logarithmic() -> None:
     assert len(accumulator._stack) == 4
 
 
+@pytest.mark.parametrize("height", [0, 1, 2, 3, 5])
+def test_chunk_roots_and_partial_stacks_rebuild_every_root(height: int, roots: list[bytes]) -> None:
+    # How verification in parallel rebuilds the tree: chunks of 2**height leaves, each
+    # rolled up on its own, joined through append_subtree at every size.
+    chunk = 1 << height
+    prefix = MerkleAccumulator()
+    for start in range(0, MAX_EXHAUSTIVE, chunk):
+        part = MerkleAccumulator()
+        for n, leaf in enumerate(LEAVES[start : start + chunk], start=start + 1):
+            part.append(leaf)
+            joined = prefix.copy()
+            heights = [bit for bit in reversed(range(height + 1)) if part.size >> bit & 1]
+            for node, bit in zip(part.stack, heights, strict=True):
+                joined.append_subtree(node, bit)
+            assert joined.size == n
+            assert joined.root() == roots[n], n
+        (whole,) = part.stack
+        prefix.append_subtree(whole, height)
+    assert prefix.root() == roots[prefix.size]
+
+
+def test_a_misaligned_subtree_is_refused() -> None:
+    accumulator = MerkleAccumulator()
+    accumulator.extend(LEAVES[:3])
+    with pytest.raises(ValueError, match="cannot follow 3"):
+        accumulator.append_subtree(LEAVES[5], 1)
+    with pytest.raises(ValueError, match="32 bytes"):
+        accumulator.append_subtree(b"short", 0)
+    assert accumulator.root() == root(LEAVES[:3])
+
+
+def test_a_copy_is_independent() -> None:
+    accumulator = MerkleAccumulator()
+    accumulator.extend(LEAVES[:5])
+    twin = accumulator.copy()
+    twin.append(LEAVES[5])
+    assert accumulator.root() == root(LEAVES[:5])
+    assert twin.root() == root(LEAVES[:6])
+
+
 @pytest.mark.parametrize("bad", [b"", b"\x00" * 31, b"\x00" * 33])
 def test_leaf_hashes_must_be_32_bytes(bad: bytes) -> None:
     with pytest.raises(ValueError, match="32 bytes"):

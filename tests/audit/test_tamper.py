@@ -14,14 +14,16 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
+import audit.verify
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.events import Action, Event, Outcome, encode_entry
 from audit.log import AuditLog, checkpoint_key
-from audit.verify import Problem
+from audit.verify import Problem, VerifyReport
 from storage.objects import LocalObjectStore
 
 ORIGIN = "school.example/audit"
@@ -203,16 +205,34 @@ def dba(engine: Engine, sealed_log: AuditLog) -> DBA:
     return dba
 
 
+def verify_in_parallel(log: AuditLog, workers: int = 2) -> VerifyReport:
+    """``log.verify`` in ``workers`` processes, in chunks of four events."""
+    with (
+        patch.object(audit.verify, "PARALLEL_MIN_EVENTS", 1),
+        patch.object(audit.verify, "_CHUNK_HEIGHT_MIN", 2),
+    ):
+        return log.verify(workers=workers)
+
+
 def assert_caught(log: AuditLog, problem: Problem, sequence: int, *words: str) -> None:
     report = log.verify()
+    # Checking chunks in parallel finds the same, as it hands every doubt to one process.
+    assert verify_in_parallel(log) == report
     assert not report.ok
     assert (report.problem, report.first_bad_sequence) == (problem, sequence), report.detail
     for word in words:
         assert word in report.detail
 
 
+def in_one_process_only() -> Any:
+    """Fail the test if the log is scanned in one process (the parallel path gave up)."""
+    return patch.object(audit.verify._Scan, "run", side_effect=AssertionError("scanned"))
+
+
 def test_an_intact_log_verifies(sealed_log: AuditLog) -> None:
     report = sealed_log.verify()
+    with in_one_process_only():
+        assert verify_in_parallel(sealed_log) == report
     assert report.ok, report.detail
     assert report.events_checked == 40
     # Three SQL checkpoints, and the newest object-store copy.
@@ -416,3 +436,42 @@ def test_values_of_the_wrong_type_are_caught(dba: DBA, sealed_log: AuditLog) -> 
         dba.run("UPDATE audit_head SET last_sequence = 'many'")
     report = sealed_log.verify()
     assert (report.problem, report.first_bad_sequence) == (Problem.EDITED, 9)
+
+
+@pytest.mark.parametrize(("workers", "height"), [(2, 2), (3, 6), (2, 8)])
+def test_verifying_in_parallel_rebuilds_every_checkpoint(
+    engine: Engine, tmp_path: Path, workers: int, height: int
+) -> None:
+    log = make_log(engine, tmp_path)
+    for i in range(1, 301):
+        log.record(sample_event(i))
+        if i % 37 == 0 or i in (1, 64, 128, 255, 256, 257):
+            log.checkpoint()
+    for i in range(301, 311):  # unsealed events after the newest checkpoint
+        log.record(sample_event(i))
+    report = log.verify()
+    assert report.ok, report.detail
+    with (
+        in_one_process_only(),
+        patch.object(audit.verify, "PARALLEL_MIN_EVENTS", 1),
+        patch.object(audit.verify, "_CHUNK_HEIGHT_MIN", height),
+    ):
+        assert log.verify(workers=workers) == report
+
+
+@pytest.mark.parametrize(
+    ("url", "cpus", "expected"),
+    [
+        ("sqlite:///satchel.db", 8, 8),
+        ("postgresql+psycopg://satchel@db.school.example/satchel", 8, 8),
+        ("postgresql+psycopg://satchel@127.0.0.1/satchel", 8, 4),
+        ("postgresql+psycopg://satchel@localhost:5433/satchel", 8, 4),
+        ("postgresql+psycopg:///satchel", 8, 4),  # the local socket
+        ("postgresql+psycopg://satchel@127.0.0.1/satchel", 1, 1),
+    ],
+)
+def test_verification_uses_the_cpus_a_local_server_leaves_free(
+    url: str, cpus: int, expected: int
+) -> None:
+    engine = create_engine(url)  # never connects
+    assert audit.verify.suggested_workers(engine, cpus) == expected

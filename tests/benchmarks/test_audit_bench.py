@@ -4,9 +4,11 @@ Appends go through ``AuditLog.record`` (one transaction per event, as a request 
 with 1 and 4 concurrent writers; the baseline is a plain INSERT of the same row into a
 table with the same columns, no trigger, lock or hashing, sent on its own in autocommit
 mode (the cheapest durable insert), measured in the same run, the two interleaved round
-by round in alternating order. Verification runs over a log of
-100,000 events (``SATCHEL_BENCH_SCALE=small``, the default) or 1,000,000 (``full``),
-sealed by a checkpoint. The figures go to the shared results table (``results``).
+by round in alternating order. Verification runs over a log of 400,000 events
+(``SATCHEL_BENCH_SCALE=small``, the default) or 1,000,000 (``full``), sealed by a
+checkpoint, in one process and in as many as ``satchel audit verify`` chooses (every CPU
+for SQLite, half of them for PostgreSQL on the same machine). The figures go to the
+shared results table (``results``).
 Goals: 2,000 appends/s with one PostgreSQL writer and 200,000 verified events/s.
 """
 
@@ -37,7 +39,7 @@ from tests.support.db import PostgresServer
 pytestmark = pytest.mark.postgres
 
 SCALES = {
-    "small": {"appends": 800, "rounds": 3, "verify": 100_000, "verify_runs": 3},
+    "small": {"appends": 800, "rounds": 3, "verify": 400_000, "verify_runs": 3},
     "full": {"appends": 5_000, "rounds": 5, "verify": 1_000_000, "verify_runs": 3},
 }
 GOAL_APPENDS_PER_S = 2_000  # one PostgreSQL writer
@@ -175,19 +177,25 @@ def _fill(engine: Engine, events: int) -> None:
         connection.execute(update(HEAD).values(last_sequence=events, last_leaf_hash=previous))
 
 
-def _bench_verify(engine: Engine, directory: Path, events: int, runs: int) -> list[float]:
-    """Verified events/s of each of ``runs`` verifications of a log of ``events``."""
+def _bench_verify(
+    engine: Engine, directory: Path, events: int, runs: int
+) -> dict[int, list[float]]:
+    """Verified events/s, by number of processes, of ``runs`` verifications each of a
+    log of ``events``: in one process and in the suggested number, alternating."""
     _fill(engine, events)
     log = _log(engine, directory)
     log.checkpoint()
-    rates = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        report = log.verify()
-        elapsed = time.perf_counter() - started
-        assert report.ok, report.detail
-        assert report.events_checked == events
-        rates.append(events / elapsed)
+    workers = log.suggested_workers()
+    rates: dict[int, list[float]] = {1: [], workers: []}
+    for round_ in range(runs):
+        order = (1, workers) if round_ % 2 == 0 else (workers, 1)
+        for processes in dict.fromkeys(order):
+            started = time.perf_counter()
+            report = log.verify(workers=processes)
+            elapsed = time.perf_counter() - started
+            assert report.ok, report.detail
+            assert report.events_checked == events
+            rates[processes].append(events / elapsed)
     return rates
 
 
@@ -199,14 +207,23 @@ def test_audit_benchmark(engines: dict[str, Engine], tmp_path: Path, results: Re
         short = SHORT_NAMES[database]
         directory = tmp_path / database
         directory.mkdir()
-        rates = _bench_verify(engine, directory, sizes["verify"], sizes["verify_runs"])
+        by_workers = _bench_verify(engine, directory, sizes["verify"], sizes["verify_runs"])
+        workers = max(by_workers)
+        rates = by_workers[workers]
         verify_medians[database] = median(rates)
         results.add(
             f"audit_verify_events_per_s_{short}",
             median(rates),
             "events/s",
             samples=rates,
-            note=f"{sizes['verify']:,} events, {database}",
+            note=f"{sizes['verify']:,} events, {database}, {workers} process(es)",
+        )
+        results.add(
+            f"audit_verify_one_process_events_per_s_{short}",
+            median(by_workers[1]),
+            "events/s",
+            samples=by_workers[1],
+            note="the same in one process (satchel audit verify --jobs 1)",
         )
         # Appends then extend that log, as they would in a school's long-lived one.
         for writers in (1, 4):
