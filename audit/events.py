@@ -77,6 +77,8 @@ class Action(StrEnum):
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"
     KEY_SHRED = "key.shred"
+    FSCK = "store.fsck"
+    FSCK_REPAIR = "store.repair"
 
 
 class Outcome(StrEnum):

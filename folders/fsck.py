@@ -20,12 +20,17 @@ An unreferenced object or marker younger than the grace period is reported as
 about to be committed. :meth:`Fsck.repair` deletes only orphan objects and stale
 markers older than the grace period, checks the database again right before each
 delete, and never touches a key that a row references or the audit checkpoints.
+
+Both are audited: every check records one ``store.fsck`` event with its verdict, and
+a repair records a ``store.repair`` event with what it is about to delete *before* the
+first delete (so nothing leaves the store unrecorded) and another with what it did.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +40,10 @@ from enum import StrEnum
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from audit.events import Action, Outcome
+from audit.log import AuditLog
 from folders.actor import Actor
+from folders.auditing import event_for
 from folders.bulk import INTENT_PREFIX
 from folders.errors import DatabaseUnavailable, Forbidden
 from folders.models import DocumentVersion
@@ -123,6 +131,14 @@ class FsckReport:
     def count(self, kind: FindingKind) -> int:
         return sum(1 for f in self.findings if f.kind is kind)
 
+    def remaining(self, repaired: RepairResult | None = None) -> tuple[Finding, ...]:
+        """The problems still there: all of them, or after ``repaired`` those it did not
+        delete (a finding the repair kept is still reported)."""
+        if repaired is None:
+            return self.problems
+        fixed = set(repaired.deleted)
+        return tuple(f for f in self.problems if not (f.repairable and f.key in fixed))
+
 
 @dataclass(frozen=True)
 class RepairResult:
@@ -150,16 +166,23 @@ class Fsck:
     """Checks and repairs the object store against the document version rows.
 
     ``store`` is listed and repaired; ``vault`` (over the same store) opens objects for
-    a deep check. Only the operator and admins may run it (the keys permission): a deep
-    check unwraps every data key, though no plaintext leaves this object.
+    a deep check; ``audit`` records every check and repair. Only the operator and admins
+    may run it (the keys permission): a deep check unwraps every data key, though no
+    plaintext leaves this object.
     """
 
     def __init__(
-        self, engine: Engine, store: ObjectStore, vault: Vault, clock: Callable[[], datetime]
+        self,
+        engine: Engine,
+        store: ObjectStore,
+        vault: Vault,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
     ) -> None:
         self._engine = engine
         self._store = store
         self._vault = vault
+        self._audit = audit
         self._clock = clock
 
     def check(
@@ -172,9 +195,12 @@ class Fsck:
     ) -> FsckReport:
         """Compare every version row with the store; see the module docstring.
 
-        ``progress(done, total)`` is called after each row. Raises Forbidden,
-        DatabaseUnavailable, and StorageUnavailable/StorageError when the store cannot
-        be listed or read; integrity failures are reported, never raised.
+        ``progress(done, total)`` is called after each row. The report is returned once
+        its ``store.fsck`` event is recorded (outcome allowed when clean, error when
+        problems were found; the detail counts the findings by kind). Raises Forbidden,
+        DatabaseUnavailable, StorageUnavailable/StorageError when the store cannot be
+        listed or read, and AuditUnavailable; integrity failures are reported, never
+        raised.
         """
         self._require(actor)
         if grace < timedelta(0):
@@ -219,7 +245,7 @@ class Fsck:
                 findings.append(_unreferenced(info, cutoff))
         for marker in sorted(markers, key=lambda m: m.key):
             findings.append(_intent(marker, cutoff))
-        return FsckReport(
+        report = FsckReport(
             checked_at=now,
             deep=deep,
             grace=grace,
@@ -230,18 +256,35 @@ class Fsck:
             authenticated=authenticated,
             findings=tuple(findings),
         )
+        # A check changes nothing and releases no plaintext, so its event records the
+        # verdict afterwards.
+        outcome = Outcome.ALLOWED if report.clean else Outcome.ERROR
+        self._audit.record(event_for(actor, Action.FSCK, outcome, detail=_check_summary(report)))
+        return report
 
     def repair(self, actor: Actor, report: FsckReport) -> RepairResult:
         """Delete the orphan objects and stale ingest markers of ``report``.
 
         Each is checked again first: an object is deleted only if no row references
         it at that moment and it is still older than ``report.grace``; a marker goes
-        last, after its unreferenced object. Raises Forbidden, DatabaseUnavailable and
-        StorageError; what was deleted before a failure stays deleted, and running
-        fsck again picks up the rest.
+        last, after its unreferenced object. With something to repair, a
+        ``store.repair`` event naming it is recorded before the first delete and one
+        with what was deleted and kept after the last (outcome error if problems of
+        ``report`` remain). Raises Forbidden, ValueError for a key outside
+        ``versions/`` and ``ingest-intents/`` (nothing is then deleted),
+        AuditUnavailable (if the first event cannot be written, nothing is deleted),
+        DatabaseUnavailable and StorageError; what was deleted before a failure stays
+        deleted, and running fsck again picks up the rest.
         """
         self._require(actor)
+        if not report.repairable:
+            return RepairResult((), ())
+        for finding in report.repairable:
+            _require_deletable(finding)
         cutoff = self._clock() - report.grace
+        # SECURITY: fail closed. The intent is committed before the first delete, so no
+        # object leaves the store unrecorded; if it cannot be written, nothing is deleted.
+        self._audit.record(event_for(actor, Action.FSCK_REPAIR, detail=_repair_intent(report)))
         deleted: list[str] = []
         kept: list[Finding] = []
         # Objects first, then markers: a marker is the record that its object may be an
@@ -257,7 +300,13 @@ class Fsck:
                     deleted.extend(removed)
                 else:
                     kept.append(finding)
-        return RepairResult(tuple(deleted), tuple(kept))
+        result = RepairResult(tuple(deleted), tuple(kept))
+        remaining = report.remaining(result)
+        outcome = Outcome.ERROR if remaining else Outcome.ALLOWED
+        self._audit.record(
+            event_for(actor, Action.FSCK_REPAIR, outcome, detail=_repair_summary(result, remaining))
+        )
+        return result
 
     # Checking ---------------------------------------------------------------------------
 
@@ -421,6 +470,15 @@ def _database_errors() -> Iterator[None]:
         raise DatabaseUnavailable.from_cause(e) from e
 
 
+def _require_deletable(finding: Finding) -> None:
+    """Raise ValueError unless repair may delete what ``finding`` names."""
+    if finding.kind is FindingKind.ORPHAN_OBJECT:
+        _require_prefix(finding.key, VERSIONS_PREFIX)
+    else:
+        _require_prefix(finding.key, INTENT_PREFIX)
+        _require_prefix(finding.key[len(INTENT_PREFIX) :], VERSIONS_PREFIX)
+
+
 def _require_prefix(key: str, prefix: str) -> None:
     # SECURITY: repair deletes under these two prefixes only; never a checkpoint under
     # audit/, whatever a report passed in says.
@@ -489,4 +547,44 @@ def _intent(marker: ObjectInfo, cutoff: datetime) -> Finding:
         marker.key,
         f"bulk ingest intent marker left by an interrupted run (made {stamp}); the next "
         "`satchel ingest` or --repair settles it",
+    )
+
+
+# Audit details ----------------------------------------------------------------------------
+
+
+def _by_kind(findings: Iterable[Finding]) -> str:
+    """``missing_object 1, orphan_object 2``: counts in the order of :class:`FindingKind`."""
+    counts = Counter(f.kind for f in findings)
+    return ", ".join(f"{kind.value} {counts[kind]}" for kind in FindingKind if counts[kind])
+
+
+def _hours(grace: timedelta) -> str:
+    return f"{grace.total_seconds() / 3600:g} h"
+
+
+def _check_summary(report: FsckReport) -> str:
+    checked = (
+        f"{'deep' if report.deep else 'shallow'} check, grace {_hours(report.grace)}: "
+        f"{report.versions} versions ({report.shredded} shredded), {report.objects} "
+        f"objects, {report.intents} ingest markers"
+    )
+    if report.deep:
+        checked += f", {report.authenticated} authenticated"
+    return f"{checked}; findings: {_by_kind(report.findings) or 'none'}"
+
+
+def _repair_intent(report: FsckReport) -> str:
+    return (
+        f"deleting what is still unreferenced and older than {_hours(report.grace)}: "
+        f"{_by_kind(report.repairable)}"
+    )
+
+
+def _repair_summary(result: RepairResult, remaining: tuple[Finding, ...]) -> str:
+    markers = sum(1 for key in result.deleted if key.startswith(INTENT_PREFIX))
+    return (
+        f"deleted: objects {len(result.deleted) - markers}, ingest markers {markers}; "
+        f"kept (referenced or too recent when checked again): {len(result.kept)}; "
+        f"problems remaining: {_by_kind(remaining) or 'none'}"
     )

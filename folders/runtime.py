@@ -138,7 +138,7 @@ class Runtime:
 
     @cached_property
     def fsck(self) -> Fsck:
-        return Fsck(self.engine, self.store, self.vault, self.clock)
+        return Fsck(self.engine, self.store, self.vault, self.audit_log, self.clock)
 
     @cached_property
     def keys(self) -> KeyManagement:

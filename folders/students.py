@@ -193,8 +193,7 @@ class Students:
         page, per_page = max(1, page), min(max(1, per_page), 100)
         terms = query.split()
         condition = [
-            SEARCH_TEXT.like(f"%{_escape_like(term.lower())}%", escape="\\")
-            for term in terms[:5]
+            SEARCH_TEXT.like(f"%{_escape_like(term.lower())}%", escape="\\") for term in terms[:5]
         ]
         with Session(self._engine) as session:
             base = select(Student).where(*condition)

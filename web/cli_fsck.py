@@ -1,8 +1,10 @@
 """``satchel fsck``: reconcile the object store with the metadata database.
 
-Exit codes: 0 nothing wrong (pending uploads are not problems; with ``--repair``,
-every problem found was repaired), 1 problems remain or the check could not run,
-2 a usage error.
+Every run is recorded in the audit log as the operator (``store.fsck``, and for a
+repair ``store.repair`` before and after deleting). Exit codes: 0 nothing wrong
+(pending uploads are not problems; with ``--repair``, every problem found was
+repaired), 1 problems remain or the check could not run (also when its audit event
+could not be written; a repair then deletes nothing), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def fsck(deep: bool, repair: bool, grace_hours: float, as_json: bool) -> None:
 
         report = checker.check(actor, deep=deep, grace=grace, progress=advance)
     repaired = checker.repair(actor, report) if repair else None
-    remaining = _remaining(report, repaired)
+    remaining = report.remaining(repaired)
     if as_json:
         click.echo(json.dumps(_report_json(report, repaired, remaining), indent=2))
     else:
@@ -80,16 +82,8 @@ def fsck(deep: bool, repair: bool, grace_hours: float, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-def _remaining(report: FsckReport, repaired: RepairResult | None) -> list[Finding]:
-    """The problems still there: all of them, or after a repair those it did not fix."""
-    if repaired is None:
-        return list(report.problems)
-    fixed = set(repaired.deleted)
-    return [f for f in report.problems if not (f.repairable and f.key in fixed)]
-
-
 def _print(
-    report: FsckReport, repaired: RepairResult | None, remaining: list[Finding], store: str
+    report: FsckReport, repaired: RepairResult | None, remaining: tuple[Finding, ...], store: str
 ) -> None:
     checked = (
         f"checked {report.versions} versions ({report.shredded} shredded) against "
@@ -126,7 +120,7 @@ def _finding_json(finding: Finding) -> dict[str, object]:
 
 
 def _report_json(
-    report: FsckReport, repaired: RepairResult | None, remaining: list[Finding]
+    report: FsckReport, repaired: RepairResult | None, remaining: tuple[Finding, ...]
 ) -> dict[str, object]:
     return {
         "ok": not remaining,

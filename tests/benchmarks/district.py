@@ -30,21 +30,15 @@ from __future__ import annotations
 
 import http.cookiejar
 import io
-import os
 import random
 import re
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,6 +60,7 @@ from folders.bootstrap import initialize
 from folders.categories import Category
 from folders.models import Role
 from folders.runtime import Runtime
+from tests.support import serve
 from tests.support.app import settings_on_s3
 from tests.support.postgres import libpq_url
 from tests.support.s3 import S3Service
@@ -114,47 +109,12 @@ def add_account(runtime: Runtime, email: str, role: Role) -> Actor:
     return runtime.accounts.acting_as(email)
 
 
-SATCHEL = str(Path(sys.executable).with_name("satchel"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serving(settings: Settings, workers: int, log: Path) -> Iterator[str]:
+def serving(settings: Settings, workers: int, log: Path) -> AbstractContextManager[str]:
     """Run ``satchel serve`` (gunicorn) on ``settings`` with ``workers`` processes; yield
-    the base URL once ``/healthz`` answers. Its output goes to ``log``."""
-    bind = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SATCHEL_")}
-    env |= site_environment(settings) | {"SATCHEL_BIND": bind}
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [SATCHEL, "serve", "--workers", str(workers)],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://{bind}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:  # not listening yet, or busy starting its workers
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"satchel serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+    the base URL once ``/healthz`` answers (see :func:`tests.support.serve.serving`).
+    Its output goes to ``log``."""
+    env = serve.clean_environment() | site_environment(settings)
+    return serve.serving(env, log, workers=workers)
 
 
 def log_in(base: str, email: str, password: str = PASSWORD) -> urllib.request.OpenerDirector:

@@ -49,7 +49,6 @@ from folders.bootstrap import initialize
 from folders.bulk import INTENT_PREFIX, MANIFEST_COLUMNS
 from folders.categories import Category
 from folders.db import make_engine
-from folders.fsck import Fsck
 from folders.models import Document, DocumentVersion, Grant, GrantScope, Role
 from folders.runtime import Runtime
 from storage.objects import make_s3_client
@@ -277,9 +276,7 @@ def test_s3_stopped_during_an_http_upload_is_503_then_the_same_upload_succeeds(
         assert s3.keys(prefix, "versions/") == version_keys(runtime.engine)
         opened = runtime.documents.open(OPERATOR, document.id)
         assert b"".join(opened.chunks) == pdf
-        assert (
-            Fsck(runtime.engine, runtime.store, runtime.vault, runtime.clock).check(OPERATOR).clean
-        )
+        assert runtime.fsck.check(OPERATOR).clean
         assert runtime.audit_log.verify().ok
     finally:
         runtime.close()

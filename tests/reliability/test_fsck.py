@@ -2,7 +2,8 @@
 PostgreSQL with the local store, and once on SeaweedFS read back with minio.
 
 Damage is done the way it happens: objects deleted, truncated or bit-flipped in the
-store, rows pointing elsewhere, uploads interrupted between put and commit.
+store, rows pointing elsewhere, uploads interrupted between put and commit. Every check
+and repair is audited, and a repair whose event cannot be written deletes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from minio import Minio
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from audit.errors import AuditUnavailable
+from audit.events import Action, Event, Outcome
 from folders.actor import Actor
 from folders.bulk import INTENT_PREFIX
 from folders.categories import Category
@@ -27,7 +30,9 @@ from folders.errors import Forbidden
 from folders.fsck import Finding, FindingKind, Fsck, FsckReport
 from folders.models import DocumentVersion, Role
 from folders.runtime import Runtime
+from storage.errors import ObjectNotFound
 from tests.support import samples
+from tests.support.faults import break_audit_inserts
 from tests.support.people import Cast, make_actor, upload_pdf
 from web.cli import cli
 
@@ -40,7 +45,7 @@ def clock_at(offset: timedelta) -> Callable[[], datetime]:
 
 
 def fsck(runtime: Runtime, offset: timedelta = timedelta(0)) -> Fsck:
-    return Fsck(runtime.engine, runtime.store, runtime.vault, clock_at(offset))
+    return Fsck(runtime.engine, runtime.store, runtime.vault, runtime.audit_log, clock_at(offset))
 
 
 def kinds(report: FsckReport) -> dict[str, FindingKind]:
@@ -65,6 +70,23 @@ def object_key(runtime: Runtime, version_id: uuid.UUID) -> str:
 
 def opens(runtime: Runtime, document_id: uuid.UUID) -> bytes:
     return b"".join(runtime.documents.open(OPERATOR, document_id).chunks)
+
+
+def fsck_events(runtime: Runtime) -> list[Event]:
+    """The ``store.fsck`` and ``store.repair`` events, oldest first."""
+    return [
+        e.event
+        for e in runtime.audit_log.events()
+        if e.event.action in (Action.FSCK, Action.FSCK_REPAIR)
+    ]
+
+
+def stored(runtime: Runtime, key: str) -> bool:
+    try:
+        runtime.store.head(key)
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def put_orphan(runtime: Runtime) -> str:
@@ -258,6 +280,92 @@ def test_repair_deletes_nothing_outside_versions_and_ingest_markers(
     assert stored_bytes(runtime, key) == checkpoint.note
 
 
+def test_a_clean_check_records_one_allowed_event(runtime: Runtime, cast: Cast) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    put_orphan(runtime)  # within the grace period: pending, not a problem
+
+    assert fsck(runtime).check(OPERATOR, deep=True).clean
+
+    [event] = fsck_events(runtime)
+    assert (event.action, event.outcome) == (Action.FSCK, Outcome.ALLOWED)
+    assert (event.actor_role, event.actor_email) == ("operator", OPERATOR.email)
+    assert event.detail == (
+        "deep check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest markers, "
+        "1 authenticated; findings: pending 1"
+    )
+
+
+def test_a_check_with_findings_records_an_error_event_with_the_counts(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    runtime.store.delete(object_key(runtime, document.current.id))
+    put_orphan(runtime)
+    put_orphan(runtime)
+
+    report = fsck(runtime, LATER).check(OPERATOR)
+
+    assert not report.clean
+    [event] = fsck_events(runtime)
+    assert (event.action, event.outcome) == (Action.FSCK, Outcome.ERROR)
+    assert event.detail == (
+        "shallow check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest markers; "
+        "findings: missing_object 1, orphan_object 2"
+    )
+
+
+def test_a_repair_records_its_intent_before_deleting_and_its_result_after(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    replace_object(runtime, INTENT_PREFIX + orphan, b"")
+    checker = fsck(runtime, LATER)
+    report = checker.check(OPERATOR)
+
+    assert set(checker.repair(OPERATOR, report).deleted) == {orphan, INTENT_PREFIX + orphan}
+
+    _, intent, result = fsck_events(runtime)
+    assert (intent.action, intent.outcome) == (Action.FSCK_REPAIR, Outcome.ALLOWED)
+    assert intent.detail == (
+        "deleting what is still unreferenced and older than 24 h: orphan_object 1, stale_intent 1"
+    )
+    assert (result.action, result.outcome) == (Action.FSCK_REPAIR, Outcome.ALLOWED)
+    assert result.detail == (
+        "deleted: objects 1, ingest markers 1; kept (referenced or too recent when checked "
+        "again): 0; problems remaining: none"
+    )
+
+    # A problem repair cannot fix makes its result an error; nothing to repair, no event.
+    runtime.store.delete(object_key(runtime, document.current.id))
+    orphan = put_orphan(runtime)
+    checker.repair(OPERATOR, checker.check(OPERATOR))
+    *_, check, _, result = fsck_events(runtime)
+    assert (check.action, check.outcome) == (Action.FSCK, Outcome.ERROR)
+    assert (result.action, result.outcome) == (Action.FSCK_REPAIR, Outcome.ERROR)
+    assert result.detail is not None
+    assert result.detail.endswith("problems remaining: missing_object 1")
+    before = len(fsck_events(runtime))
+    assert checker.repair(OPERATOR, checker.check(OPERATOR)).deleted == ()
+    assert len(fsck_events(runtime)) == before + 1  # the check's event only
+
+
+def test_no_repair_without_its_event(runtime: Runtime, cast: Cast) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    replace_object(runtime, INTENT_PREFIX + orphan, b"")
+    checker = fsck(runtime, LATER)
+    report = checker.check(OPERATOR)
+    assert len(report.repairable) == 2
+
+    break_audit_inserts(runtime.engine)
+    with pytest.raises(AuditUnavailable):
+        checker.repair(OPERATOR, report)
+    assert stored(runtime, orphan) and stored(runtime, INTENT_PREFIX + orphan)
+    with pytest.raises(AuditUnavailable):
+        checker.check(OPERATOR)  # nor a report without its event
+
+
 @pytest.mark.parametrize("role", [Role.REGISTRAR, Role.COMPLIANCE, Role.GUARDIAN])
 def test_only_admins_and_the_operator_run_fsck(runtime: Runtime, role: Role) -> None:
     staff = make_actor(runtime, f"{role.value}@school.example", role)
@@ -307,6 +415,33 @@ def test_the_command_reports_and_repairs_with_exit_codes(
     missing = satchel(runtime, "--repair", "--grace-hours", "0")
     assert missing.exit_code == 1
     assert "MISSING" in missing.output and "1 problem" in missing.output
+
+    # Every run is in the audit trail, as the operator; the repair before and after.
+    events = fsck_events(runtime)
+    assert [(e.action, e.outcome) for e in events] == [
+        (Action.FSCK, Outcome.ALLOWED),  # clean
+        (Action.FSCK, Outcome.ALLOWED),  # pending only
+        (Action.FSCK, Outcome.ERROR),  # the orphan
+        (Action.FSCK, Outcome.ERROR),  # the orphan again, then repaired
+        (Action.FSCK_REPAIR, Outcome.ALLOWED),
+        (Action.FSCK_REPAIR, Outcome.ALLOWED),
+        (Action.FSCK, Outcome.ERROR),  # missing: nothing to repair, no repair event
+    ]
+    assert {e.actor_email for e in events} == {OPERATOR.email}
+
+
+def test_the_command_repairs_nothing_when_the_audit_log_refuses(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    break_audit_inserts(runtime.engine)
+
+    refused = satchel(runtime, "--repair", "--grace-hours", "0")
+
+    assert refused.exit_code == 1
+    assert "audit" in refused.output and "deleted" not in refused.output
+    assert stored(runtime, orphan)
 
 
 @pytest.mark.s3

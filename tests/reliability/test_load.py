@@ -16,16 +16,13 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +37,10 @@ from folders.models import GrantScope, Relationship, Role
 from folders.runtime import Runtime
 from tests.support import samples
 from tests.support.s3 import S3Service
-from tests.web.test_serve import free_port
+from tests.support.serve import SATCHEL, clean_environment, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.postgres]
 
-SATCHEL = str(Path(sys.executable).with_name("satchel"))
 PASSWORD = "load test passphrase"
 WORKERS = 3
 UPLOADERS = 2
@@ -326,39 +322,6 @@ def _worker(target: Callable[..., None], tally: Tally, *args: object) -> threadi
     return threading.Thread(target=run, name=target.__name__, daemon=True)
 
 
-@contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[str]:
-    """``satchel serve`` in its own process group, until the block ends."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [SATCHEL, "serve", "--workers", str(WORKERS)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://{env['SATCHEL_BIND']}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                host, port = env["SATCHEL_BIND"].split(":")
-                connection = http.client.HTTPConnection(host, int(port), timeout=2)
-                connection.request("GET", "/healthz")
-                if connection.getresponse().status == 200:
-                    connection.close()
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(f"satchel serve did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-
-
 def satchel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SATCHEL, *args], env=env, capture_output=True, text=True, timeout=600, check=False
@@ -378,8 +341,7 @@ def test_concurrent_clients_on_gunicorn_postgresql_and_seaweedfs(
     s3_bucket: str,
     s3_prefix: str,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SATCHEL_")}
-    env |= {
+    env = clean_environment() | {
         "SATCHEL_DATA_DIR": str(tmp_path / "var"),
         "SATCHEL_DATABASE_URL": postgres_database_url,
         "SATCHEL_STORAGE_BACKEND": "s3",
@@ -389,7 +351,6 @@ def test_concurrent_clients_on_gunicorn_postgresql_and_seaweedfs(
         "SATCHEL_S3_REGION": s3_server.region,
         "SATCHEL_S3_ACCESS_KEY_ID": s3_server.access_key,
         "SATCHEL_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "SATCHEL_BIND": f"127.0.0.1:{free_port()}",
         "SATCHEL_WORKERS": str(WORKERS),
         "SATCHEL_SECURE_COOKIES": "false",  # plain HTTP on loopback
     }
@@ -407,7 +368,7 @@ def test_concurrent_clients_on_gunicorn_postgresql_and_seaweedfs(
     last_before = max(int(str(e["seq"])) for e in _audit_entries(env, tmp_path / "before.jsonl"))
 
     tally = Tally()
-    with serving(env, tmp_path / "serve.log") as base:
+    with serving(env, tmp_path / "serve.log", workers=WORKERS) as base:
         stop = time.monotonic() + load_seconds()
         threads = [
             *(

@@ -29,8 +29,7 @@ _logger = logging.getLogger("alembic.runtime.migration")
 # The expression folders.students.SEARCH_TEXT renders: a query uses the index only if
 # it asks for the same expression.
 SEARCH_TEXT = (
-    "lower(given_name || ' ' || family_name || ' ' || district_id || ' ' "
-    "|| coalesce(state_id, ''))"
+    "lower(given_name || ' ' || family_name || ' ' || district_id || ' ' || coalesce(state_id, ''))"
 )
 
 
