@@ -65,7 +65,6 @@ from audit.verify import (
     CHECKPOINT_PREFIX,
     VerifyReport,
     checkpoint_key,
-    suggested_workers,
     verify_log,
 )
 from storage.errors import ObjectNotFound, StorageError
@@ -772,10 +771,6 @@ class AuditLog:
     def verify(self, *, workers: int = 1) -> VerifyReport:
         """Recompute the chain, tree and signatures; see :func:`audit.verify.verify_log`."""
         return verify_log(self._engine, self._verifier, self._store, self._origin, workers=workers)
-
-    def suggested_workers(self) -> int:
-        """How many processes :meth:`verify` should use on this machine."""
-        return suggested_workers(self._engine)
 
     def public_key_pem(self) -> bytes:
         """The checkpoint verification key, PEM SubjectPublicKeyInfo."""

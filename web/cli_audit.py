@@ -8,6 +8,7 @@ or operation, 2 a usage error.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -39,12 +40,13 @@ def audit_cli() -> None:
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
-    help="Processes that check a large log in parallel [default: the number of CPUs, "
-    "or half of them with PostgreSQL on this machine].",
+    default=lambda: os.cpu_count() or 1,
+    show_default="the number of CPUs",
+    help="Processes that check a log of 524,288 events or more in parallel.",
 )
 @with_appcontext
 @reports_errors
-def verify(as_json: bool, jobs: int | None) -> None:
+def verify(as_json: bool, jobs: int) -> None:
     """Recompute the hash chain, Merkle tree and checkpoint signatures.
 
     Checks every event in SQL against the checkpoints in SQL and in the object store.
@@ -52,7 +54,7 @@ def verify(as_json: bool, jobs: int | None) -> None:
     and what is wrong: edited, deleted, inserted, reordered, truncated, bad signature.
     """
     log = runtime().audit_log
-    report = log.verify(workers=jobs or log.suggested_workers())
+    report = log.verify(workers=jobs)
     if as_json:
         click.echo(json.dumps(_report_json(report), indent=2))
     else:

@@ -17,7 +17,7 @@ from typing import Any
 from unittest.mock import patch
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 import audit.verify
 from audit.checkpoint import Checkpoint, CheckpointSigner
@@ -457,21 +457,3 @@ def test_verifying_in_parallel_rebuilds_every_checkpoint(
         patch.object(audit.verify, "_CHUNK_HEIGHT_MIN", height),
     ):
         assert log.verify(workers=workers) == report
-
-
-@pytest.mark.parametrize(
-    ("url", "cpus", "expected"),
-    [
-        ("sqlite:///satchel.db", 8, 8),
-        ("postgresql+psycopg://satchel@db.school.example/satchel", 8, 8),
-        ("postgresql+psycopg://satchel@127.0.0.1/satchel", 8, 4),
-        ("postgresql+psycopg://satchel@localhost:5433/satchel", 8, 4),
-        ("postgresql+psycopg:///satchel", 8, 4),  # the local socket
-        ("postgresql+psycopg://satchel@127.0.0.1/satchel", 1, 1),
-    ],
-)
-def test_verification_uses_the_cpus_a_local_server_leaves_free(
-    url: str, cpus: int, expected: int
-) -> None:
-    engine = create_engine(url)  # never connects
-    assert audit.verify.suggested_workers(engine, cpus) == expected
