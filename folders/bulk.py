@@ -11,10 +11,10 @@ transaction). ``docs/bulk-ingest.md`` describes the design; in short:
   same transaction as the document, so a row whose key exists is "already stored", and
   running a manifest again stores only what is missing.
 - **No orphans after a crash.** Before an object is put, an empty *intent marker* is put
-  under ``ingest-intents/<object key>``; it is removed once the row is settled. A run
-  killed between the put and the commit leaves the marker behind, and the next run
-  deletes each marked object that no version references, then the marker. Only that
-  small prefix is listed, never the whole bucket.
+  under ``ingest-intents/<object key>``; it is removed once the row is settled (the
+  markers of committed rows in batches). A run killed between the put and the commit
+  leaves the marker behind, and the next run deletes each marked object that no version
+  references, then the marker. Only that small prefix is listed, never the whole bucket.
 - **One run at a time.** A run holds an exclusive lock (a PostgreSQL advisory lock, or a
   lock file beside the SQLite database) that dies with its process, so recovery never
   touches the markers of a live run.
@@ -46,19 +46,18 @@ from typing import TYPE_CHECKING, BinaryIO
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from audit.errors import AuditError
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.categories import Category
-from folders.documents import Documents, check_school_year, parse_category
+from folders.documents import Documents, check_school_year, parse_category, reading_session
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide
 from folders.students import StudentInfo, Students, clean_text
 from storage.errors import ContentRejected, StorageError, StorageUnavailable
-from storage.ingest import Vault
+from storage.ingest import Spool, Vault
 from storage.objects import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -71,7 +70,8 @@ INTENT_PREFIX = "ingest-intents/"
 _KEY_DOMAIN = "satchel-ingest-key/1"
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MAX_PATH = 1024
-_HASH_CHUNK = 256 * 1024
+# Intent markers of committed rows deleted per request (S3 takes up to 1000 at once).
+_MARKER_BATCH = 100
 # Any two 64-bit numbers would do; this one is the start of SHA-256("satchel bulk ingest").
 _ADVISORY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"satchel bulk ingest").digest()[:8], "big", signed=True
@@ -446,7 +446,11 @@ class BulkIngest:
             started = self._monotonic()
             for rejection in manifest.rejected:
                 emit(rejection)
-            stopped_by = self._run_rows(actor, manifest, workers, emit)
+            settled = _SettledMarkers(self._vault.store)
+            try:
+                stopped_by = self._run_rows(actor, manifest, workers, emit, settled)
+            finally:
+                settled.flush()
             seconds = self._monotonic() - started
         return IngestSummary(tuple(results), seconds, removed, stopped_by)
 
@@ -456,11 +460,12 @@ class BulkIngest:
         manifest: Manifest,
         workers: int,
         emit: Callable[[RowResult], None],
+        settled: _SettledMarkers,
     ) -> str | None:
         stopped_by: str | None = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
             futures: dict[Future[RowResult], ManifestRow] = {
-                pool.submit(self.ingest_one, actor, row): row for row in manifest.rows
+                pool.submit(self._ingest_row, actor, row, settled): row for row in manifest.rows
             }
             try:
                 for future in as_completed(futures):
@@ -515,14 +520,22 @@ class BulkIngest:
         installation fails, Forbidden for an actor who may not upload; whatever happens,
         no object outlives the call without a document version or an intent marker.
         """
+        settled = _SettledMarkers(self._vault.store)
+        try:
+            return self._ingest_row(actor, row, settled)
+        finally:
+            settled.flush()
+
+    def _ingest_row(self, actor: Actor, row: ManifestRow, settled: _SettledMarkers) -> RowResult:
+        """``ingest_one``, leaving the markers of committed rows to ``settled``."""
         try:
             student = self._student(actor, row.student_id)
-            with self._spooled(row) as (spool, sha256):
-                key = ingest_key(row, sha256)
+            with self._spooled(row) as spool:
+                key = ingest_key(row, spool.sha256)
                 existing = self._document_with_key(key)
                 if existing is not None:
                     return _done(row, RowOutcome.ALREADY_STORED, existing)
-                return self._store(actor, student, row, spool, key)
+                return self._store(actor, student, row, spool, key, settled)
         except _RowRejected as e:
             return RowResult(row.line, row.cells, RowOutcome.REJECTED, e.reason, e.detail)
         except ContentRejected as e:
@@ -537,7 +550,13 @@ class BulkIngest:
             )
 
     def _store(
-        self, actor: Actor, student: StudentInfo, row: ManifestRow, spool: BinaryIO, key: str
+        self,
+        actor: Actor,
+        student: StudentInfo,
+        row: ManifestRow,
+        spool: Spool,
+        key: str,
+        settled: _SettledMarkers,
     ) -> RowResult:
         markers = _IntentMarkers(self._vault.store)
         documents = Documents(
@@ -551,6 +570,7 @@ class BulkIngest:
             ),
             self._clock,
         )
+        info = None
         try:
             info = documents.upload(
                 actor,
@@ -571,6 +591,11 @@ class BulkIngest:
             return _done(row, RowOutcome.ALREADY_STORED, existing)
         finally:
             for object_key in markers.keys:
+                if info is not None:
+                    # The upload committed the version of the one object it put: only
+                    # the marker is left to remove.
+                    settled.add(INTENT_PREFIX + object_key)
+                    continue
                 with contextlib.suppress(StorageError, SQLAlchemyError):
                     # Whatever cannot be settled now stays marked for the next run.
                     self._settle(object_key)
@@ -582,7 +607,7 @@ class BulkIngest:
         """Delete the object unless a version references it, then its marker; return
         whether the upload was unfinished (no version references the object)."""
         store = self._vault.store
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             referenced = session.scalar(
                 select(DocumentVersion.id).where(DocumentVersion.object_key == object_key)
             )
@@ -610,8 +635,8 @@ class BulkIngest:
         return student
 
     @contextlib.contextmanager
-    def _spooled(self, row: ManifestRow) -> Iterator[tuple[BinaryIO, str]]:
-        """The row's file copied into a private spool (size limit enforced), and its
+    def _spooled(self, row: ManifestRow) -> Iterator[Spool]:
+        """The row's file copied into a private spool (size limit enforced), with its
         SHA-256. Hashing the spool, not the file, means the key always describes exactly
         the bytes that are stored, even if the file changes meanwhile."""
         path = _open_path(row.base_dir, row.path)
@@ -624,14 +649,10 @@ class BulkIngest:
         with handle:
             spool = self._vault.spool(io.BufferedReader(_SourceReader(handle, row.path)))
         with spool:
-            digest = hashlib.sha256()
-            while chunk := spool.read(_HASH_CHUNK):
-                digest.update(chunk)
-            spool.seek(0)
-            yield spool, digest.hexdigest()
+            yield spool
 
     def _document_with_key(self, key: str) -> uuid.UUID | None:
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             return session.scalar(select(Document.id).where(Document.ingest_key == key))
 
     @contextlib.contextmanager
@@ -728,6 +749,35 @@ class _IntentMarkers(ObjectStore):
 
     def supports_retention(self) -> bool:
         return self._store.supports_retention()
+
+
+class _SettledMarkers:
+    """Intent markers of committed rows, deleted in batches of ``_MARKER_BATCH`` (one
+    request per batch on S3) and by ``flush``. A marker left behind by a failed batch
+    or a crash is harmless: recovery finds its version committed and removes only it."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._keys: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, marker_key: str) -> None:
+        with self._lock:
+            self._keys.append(marker_key)
+            if len(self._keys) < _MARKER_BATCH:
+                return
+            batch, self._keys = self._keys, []
+        self._delete(batch)
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._keys = self._keys, []
+        self._delete(batch)
+
+    def _delete(self, batch: list[str]) -> None:
+        if batch:
+            with contextlib.suppress(StorageError):
+                self._store.delete_many(batch)
 
 
 class _SourceReader(io.RawIOBase):

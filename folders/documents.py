@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
@@ -30,7 +31,7 @@ from folders.policy import GrantFacts, GuardianLink, Permission, Resource, decid
 from folders.students import clean_text
 from storage.envelope import ObjectIdentity
 from storage.errors import StorageError
-from storage.ingest import SealedRef, StoredFile, Vault
+from storage.ingest import SealedRef, Spool, StoredFile, Vault
 
 _SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
@@ -92,6 +93,21 @@ def check_school_year(value: str | None) -> str | None:
     return value.strip()
 
 
+@contextmanager
+def reading_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads that need no transaction of their own.
+
+    Its connection is in autocommit mode, so each statement runs on its own: on
+    PostgreSQL that spares the BEGIN and ROLLBACK round trips around the reads, and at
+    its default READ COMMITTED level the statements of a transaction would see no more
+    consistent a picture. Never write through it.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with Session(connection) as session:
+            yield session
+
+
 def parse_category(value: str | Category) -> Category:
     try:
         return Category(value)
@@ -117,7 +133,7 @@ class Documents:
         self,
         actor: Actor,
         student_id: uuid.UUID,
-        stream: BinaryIO,
+        stream: BinaryIO | Spool,
         filename: str,
         *,
         category: Category | str,
@@ -128,9 +144,11 @@ class Documents:
     ) -> DocumentInfo:
         """Store a new document with its first version.
 
-        ``ingest_key`` (bulk ingest, ``folders.bulk``) is recorded on the document in the
-        same transaction; a key already recorded makes the database refuse the document
-        (sqlalchemy's IntegrityError).
+        ``stream`` may be a vault's :class:`Spool` (bulk ingest spools and hashes each
+        file first), which is stored without a second copy. ``ingest_key`` (bulk ingest,
+        ``folders.bulk``) is recorded on the document in the same transaction; a key
+        already recorded makes the database refuse the document (sqlalchemy's
+        IntegrityError).
         Raises Forbidden (not a registrar), NotFound (student), InvalidInput (metadata),
         ContentRejected/UploadTooLarge (the file), StorageUnavailable, AuditUnavailable.
         Nothing is stored — no object, no row — when it raises.
@@ -147,7 +165,7 @@ class Documents:
             created_at=self._clock(),
             ingest_key=ingest_key,
         )
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             if session.get(Student, student_id) is None:
                 raise NotFound("No such student.")
         version_id = uuid.uuid4()
@@ -181,7 +199,7 @@ class Documents:
     ) -> DocumentInfo:
         """Store a corrected file as the document's next version; older versions stay."""
         self._require(actor, Permission.MANAGE_FOLDER)
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             if session.get(Document, document_id) is None:
                 raise NotFound("No such document.")
         version_id = uuid.uuid4()
@@ -223,7 +241,7 @@ class Documents:
     def list_folder(self, actor: Actor, student_id: uuid.UUID) -> list[DocumentInfo]:
         """Every document of a student with all versions (staff); audited as a folder view."""
         self._require(actor, Permission.LIST_FOLDER)
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             if session.get(Student, student_id) is None:
                 raise NotFound("No such student.")
             documents = session.scalars(
@@ -241,7 +259,7 @@ class Documents:
         if actor.role is not Role.GUARDIAN or actor.user_id is None:
             raise Forbidden()
         now = self._clock()
-        with Session(self._engine) as session:
+        with reading_session(self._engine) as session:
             grants = session.scalars(
                 select(Grant).where(Grant.guardian_id == actor.user_id, Grant.revoked_at.is_(None))
             ).all()
@@ -298,9 +316,8 @@ class Documents:
         if is_staff and not actor.is_operator and reason is None:
             raise InvalidInput("Staff must give a purpose for opening a record.")
         now = self._clock()
-        with Session(self._engine) as session:
-            document = session.get(Document, document_id)
-            versions = self._versions(session, document_id) if document else []
+        with reading_session(self._engine) as session:
+            document, versions = self._document_and_versions(session, document_id)
             version = (
                 next((v for v in versions if v.id == version_id), None)
                 if (version_id)
@@ -365,7 +382,11 @@ class Documents:
     # Helpers ----------------------------------------------------------------------------
 
     def _store(
-        self, stream: BinaryIO, filename: str, document_id: uuid.UUID, version_id: uuid.UUID
+        self,
+        stream: BinaryIO | Spool,
+        filename: str,
+        document_id: uuid.UUID,
+        version_id: uuid.UUID,
     ) -> StoredFile:
         identity = ObjectIdentity(str(document_id), str(version_id))
         # Keys are random, never derived from names or filenames.
@@ -405,21 +426,47 @@ class Documents:
     def _resource(self, session: Session, actor: Actor, document: Document) -> Resource:
         if actor.role is not Role.GUARDIAN or actor.user_id is None:
             return Resource(document.student_id, document.id, document.category)
-        grants = session.scalars(
-            select(Grant).where(
-                Grant.guardian_id == actor.user_id,
-                Grant.student_id == document.student_id,
-                or_(Grant.document_id.is_(None), Grant.document_id == document.id),
+        # One statement: the guardian's link to the student with the grants that could
+        # cover this document. Without a link there is nothing to decide on (the policy
+        # refuses a non-guardian whatever the grants), so no row is needed then.
+        rows = session.execute(
+            select(Guardianship, Grant)
+            .outerjoin(
+                Grant,
+                and_(
+                    Grant.guardian_id == Guardianship.guardian_id,
+                    Grant.student_id == Guardianship.student_id,
+                    or_(Grant.document_id.is_(None), Grant.document_id == document.id),
+                ),
+            )
+            .where(
+                Guardianship.guardian_id == actor.user_id,
+                Guardianship.student_id == document.student_id,
             )
         ).all()
-        link = self._links(session, actor.user_id, [document.student_id]).get(document.student_id)
+        link = GuardianLink(rows[0][0].restricted, rows[0][0].ended_at) if rows else None
         return Resource(
             document.student_id,
             document.id,
             document.category,
             link=link,
-            grants=tuple(_grant_facts(g) for g in grants),
+            grants=tuple(_grant_facts(grant) for _, grant in rows if grant is not None),
         )
+
+    @staticmethod
+    def _document_and_versions(
+        session: Session, document_id: uuid.UUID
+    ) -> tuple[Document | None, list[DocumentVersion]]:
+        """The document and its versions, newest first, in one statement."""
+        rows = session.execute(
+            select(Document, DocumentVersion)
+            .outerjoin(DocumentVersion, DocumentVersion.document_id == Document.id)
+            .where(Document.id == document_id)
+            .order_by(DocumentVersion.number.desc())
+        ).all()
+        if not rows:
+            return None, []
+        return rows[0][0], [version for _, version in rows if version is not None]
 
     @staticmethod
     def _links(

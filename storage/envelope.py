@@ -291,6 +291,7 @@ class _SealingStream(io.RawIOBase):
         key_version: int,
         segment_size: int,
         random: Callable[[int], bytes],
+        hash_plaintext: bool,
     ) -> None:
         super().__init__()
         _check_dek(dek)
@@ -298,36 +299,48 @@ class _SealingStream(io.RawIOBase):
         self._cipher = SegmentCipher(dek, self.header, identity)
         self._plaintext = plaintext
         self._segment_size = segment_size
-        # Sealed bytes not yet handed out: the header, then one record at a time.
-        self._pending = bytearray(self.header.encode())
+        # Sealed bytes not yet handed out (the header, then one record at a time) and
+        # how many of them have been: records are copied once, straight to the reader.
+        self._pending = self.header.encode()
+        self._handed_out = 0
         # One plaintext segment of look-ahead, to know whether the current one is the last.
         self._lookahead: bytes | None = None
         self._index = 0
         self._finished = False
-        self._sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256() if hash_plaintext else None
         self._size = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
+        """Fill ``buffer`` as far as the object goes, sealing segments as needed."""
         with memoryview(buffer) as view, view.cast("B") as target:
-            while not self._pending and not self._finished:
-                self._seal_next()
-            count = min(len(target), len(self._pending))
-            target[:count] = self._pending[:count]
-            # bytearray deletes from the front in O(1), so this is not quadratic.
-            del self._pending[:count]
-            return count
+            written = 0
+            while written < len(target):
+                if self._handed_out == len(self._pending):
+                    if self._finished:
+                        break
+                    self._seal_next()
+                count = min(len(target) - written, len(self._pending) - self._handed_out)
+                with memoryview(self._pending) as pending:
+                    target[written : written + count] = pending[
+                        self._handed_out : self._handed_out + count
+                    ]
+                self._handed_out += count
+                written += count
+            return written
 
     def close(self) -> None:
-        self._pending = bytearray()
+        self._pending = b""
+        self._handed_out = 0
         self._lookahead = None
         super().close()
 
     def _read_segment(self) -> bytes:
         chunk = _read_exact(self._plaintext, self._segment_size)
-        self._sha256.update(chunk)
+        if self._sha256 is not None:
+            self._sha256.update(chunk)
         self._size += len(chunk)
         return chunk
 
@@ -342,7 +355,8 @@ class _SealingStream(io.RawIOBase):
             self._lookahead = following or None
         if self._index >= MAX_SEGMENTS:
             raise ValueError("plaintext is too large for this segment size")
-        self._pending += self._cipher.seal(self._index, final, current)
+        self._pending = self._cipher.seal(self._index, final, current)
+        self._handed_out = 0
         self._index += 1
         self._finished = final
 
@@ -357,6 +371,8 @@ class _SealingStream(io.RawIOBase):
 
     @property
     def plaintext_sha256(self) -> str:
+        if self._sha256 is None:
+            raise RuntimeError("plaintext_sha256 is not computed when hash_plaintext is False")
         self._require_finished("plaintext_sha256")
         return self._sha256.hexdigest()
 
@@ -372,9 +388,12 @@ class EncryptingReader(_BufferedSealingStream):
 
     Honours any ``read(n)`` size and holds at most about two segments, so it can go straight
     to ``upload_fileobj`` or a file writer. ``plaintext_size`` and ``plaintext_sha256``
-    raise ``RuntimeError`` until the plaintext has been read to its end. Raises
-    ``ValueError`` for a DEK that is not 32 bytes or an invalid key id, key version or
-    segment size. The plaintext stream is not closed by this reader.
+    raise ``RuntimeError`` until the plaintext has been read to its end;
+    ``hash_plaintext=False`` skips the SHA-256 for a caller that hashes the plaintext
+    itself (the vault hashes its spool), and ``plaintext_sha256`` then always raises
+    ``RuntimeError``. Raises ``ValueError`` for a
+    DEK that is not 32 bytes or an invalid key id, key version or segment size. The
+    plaintext stream is not closed by this reader.
     """
 
     def __init__(
@@ -387,9 +406,10 @@ class EncryptingReader(_BufferedSealingStream):
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         random: Callable[[int], bytes] = os.urandom,
+        hash_plaintext: bool = True,
     ) -> None:
         self._sealer = _SealingStream(
-            plaintext, dek, identity, key_id, key_version, segment_size, random
+            plaintext, dek, identity, key_id, key_version, segment_size, random, hash_plaintext
         )
         super().__init__(self._sealer)
 

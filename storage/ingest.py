@@ -1,24 +1,32 @@
 """The one ingestion pipeline, and its inverse.
 
-``Vault.store``: stream → size limit → spool → inspect → hash → encrypt → put.
-``Vault.open``: unwrap the data key → authenticate the whole object → decrypt stream.
+``Vault.store_file``: stream → size limit → spool → inspect → encrypt → put (→ SHA-256).
+``Vault.open_file``: unwrap the data key → authenticate the whole object → decrypt stream.
 
 The upload is spooled because inspection needs random access (pypdf seeks). The spool
 stays in memory up to ``memory_spool_bytes`` and then moves to a temporary file that is
 itself encrypted under a throwaway key, so plaintext never rests on the server's disk.
+The spool never changes once written, so its SHA-256 is the digest of exactly the bytes
+inspected and encrypted; one held in memory is hashed on another core while it is
+inspected, encrypted and uploaded (the upload mostly waits for the network).
 Any failure at any step leaves nothing in the object store: the object store's ``put``
 is atomic, and a failure after it deletes the object again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -30,12 +38,22 @@ from storage.envelope import (
     decrypt,
     sealed_size,
 )
-from storage.errors import IntegrityError
+from storage.errors import IntegrityError, UploadTooLarge
 from storage.inspect import Inspection, LimitedReader, inspect, safe_filename
 from storage.keyring import Keyring
 from storage.objects import ObjectStore
 
-_COPY_CHUNK = 256 * 1024
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+# Spools read their source in pieces this large: most documents arrive in one piece,
+# which then becomes the spool's bytes without another copy.
+_COPY_CHUNK = 1024 * 1024
+# Inspection reads a spilled spool at scattered offsets in small pieces (pypdf's tokens),
+# so each refill decrypts a modest block.
+_SPILL_READ_BUFFER = 64 * 1024
+# Below this, hashing takes about as long as handing the work to another thread.
+_HASH_ASIDE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,8 +90,11 @@ class SealedRef:
 class Vault:
     """Stores files encrypted in an object store and opens them again.
 
-    ``max_bytes`` is the upload limit, enforced while reading. ``spool_dir`` holds
-    the (encrypted) spill files of large uploads; it defaults to the system temp dir.
+    ``max_bytes`` is the upload limit, enforced while reading. Uploads up to
+    ``memory_spool_bytes`` are spooled in memory (the default matches the size up to
+    which the S3 store sends an object in one request, holding it in memory anyway);
+    ``spool_dir`` holds the (encrypted) spill files of larger ones and defaults to the
+    system temp dir.
     """
 
     def __init__(
@@ -83,7 +104,7 @@ class Vault:
         *,
         max_bytes: int,
         spool_dir: Path | None = None,
-        memory_spool_bytes: int = 4 * 1024 * 1024,
+        memory_spool_bytes: int = 8 * 1024 * 1024,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
     ) -> None:
         self.store = store
@@ -92,60 +113,79 @@ class Vault:
         self._spool_dir = spool_dir
         self._memory_spool_bytes = memory_spool_bytes
         self._segment_size = segment_size
+        # One thread hashes spools while uploads wait for the network (_hash_aside).
+        self._hasher: ThreadPoolExecutor | None = None
+        self._hasher_lock = threading.Lock()
 
     def store_file(
-        self, stream: BinaryIO, filename: str, identity: ObjectIdentity, object_key: str
+        self, stream: BinaryIO | Spool, filename: str, identity: ObjectIdentity, object_key: str
     ) -> StoredFile:
         """Inspect, encrypt and store one upload under ``object_key``.
 
+        ``stream`` is read through the size limit into a spool, unless it is a
+        :class:`Spool` already (see :meth:`spool`), which is stored as it is.
         Raises UploadTooLarge (over ``max_bytes``, detected while streaming),
         ContentRejected (refused by inspection, or a bad filename), StorageUnavailable
         or StorageError from the object store. Nothing is stored when it raises.
         """
+        if isinstance(stream, Spool):
+            return self.store_spooled(stream, filename, identity, object_key)
         name = safe_filename(filename)
         with self.spool(stream) as spool:
             return self.store_spooled(spool, name, identity, object_key)
 
-    def spool(self, stream: BinaryIO) -> io.BufferedRandom:
-        """Copy ``stream`` into a seekable spool, enforcing the size limit while reading.
+    def spool(self, stream: BinaryIO) -> Spool:
+        """Copy ``stream`` into a new :class:`Spool`, enforcing the size limit while reading.
 
         Raises UploadTooLarge past ``max_bytes``; the caller closes the returned spool.
         """
-        spool = io.BufferedRandom(
-            EncryptedSpool(self._memory_spool_bytes, self._spool_dir), buffer_size=_COPY_CHUNK
+        return Spool(
+            LimitedReader(stream, self.max_bytes),
+            memory_limit=self._memory_spool_bytes,
+            directory=self._spool_dir,
         )
-        try:
-            limited = LimitedReader(stream, self.max_bytes)
-            while chunk := limited.read(_COPY_CHUNK):
-                spool.write(chunk)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
 
     def store_spooled(
-        self, spool: BinaryIO, filename: str, identity: ObjectIdentity, object_key: str
+        self, spool: Spool, filename: str, identity: ObjectIdentity, object_key: str
     ) -> StoredFile:
-        """Inspect, encrypt and put an already spooled (seekable) file; see ``store_file``."""
-        spool.seek(0)
-        found: Inspection = inspect(spool, filename)
-        spool.seek(0)
+        """Inspect, encrypt and put a spooled upload; see ``store_file``."""
+        name = safe_filename(filename)
+        if spool.size > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+        hashing = self._hash_aside(spool)
+        try:
+            return self._seal_and_put(spool, name, identity, object_key)
+        finally:
+            if hashing is not None:
+                hashing.cancel()  # done by now, unless the upload failed before its end
+
+    def _seal_and_put(
+        self, spool: Spool, name: str, identity: ObjectIdentity, object_key: str
+    ) -> StoredFile:
+        with spool.open() as view:
+            found: Inspection = inspect(view, name)
         context = identity.encode()
         data_key = self.keyring.generate_data_key(context)
-        reader = EncryptingReader(
-            spool,
-            data_key.plaintext,
-            identity,
-            data_key.key_id,
-            data_key.key_version,
-            segment_size=self._segment_size,
-        )
-        expected_size = sealed_size(found.size, self._segment_size)
-        info = self.store.put(object_key, reader, expected_size)
+        expected_size = sealed_size(spool.size, self._segment_size)
+        with spool.open() as plaintext:
+            # The spool's digest covers these bytes already: no second SHA-256 pass.
+            reader = EncryptingReader(
+                plaintext,
+                data_key.plaintext,
+                identity,
+                data_key.key_id,
+                data_key.key_version,
+                segment_size=self._segment_size,
+                hash_plaintext=False,
+            )
+            info = self.store.put(object_key, reader, expected_size)
         try:
-            # SECURITY: the bytes encrypted must be exactly the bytes inspected.
-            if reader.plaintext_size != found.size or info.size != expected_size:
+            # SECURITY: the bytes encrypted must be exactly the bytes inspected and hashed.
+            if (
+                reader.plaintext_size != spool.size
+                or found.size != spool.size
+                or info.size != expected_size
+            ):
                 raise IntegrityError(
                     f"stored {info.size} bytes for {found.size} inspected, expected "
                     f"{expected_size}: the upload changed while it was being stored"
@@ -155,17 +195,34 @@ class Vault:
             raise
         return StoredFile(
             object_key=object_key,
-            filename=filename,
+            filename=name,
             mime_type=found.mime_type,
             page_count=found.page_count,
-            size=found.size,
+            size=spool.size,
             stored_size=info.size,
-            sha256=reader.plaintext_sha256,
+            sha256=spool.sha256,  # waits for the digest begun aside, if it is under way
             wrapped_dek=data_key.wrapped,
             key_id=data_key.key_id,
             key_version=data_key.key_version,
             format_version=FORMAT_VERSION,
         )
+
+    def _hash_aside(self, spool: Spool) -> Future[str] | None:
+        """Start hashing a large spool held in memory on this vault's hashing thread.
+
+        hashlib releases the GIL while it hashes, so the digest is computed on another
+        core while this thread inspects, encrypts and, above all, waits for the object
+        store. Whichever thread asks for the digest first computes it (see
+        :attr:`Spool.sha256`), so the caller never waits for the queue.
+        """
+        if spool.sha256_known or spool.size < _HASH_ASIDE_BYTES:
+            return None
+        with self._hasher_lock:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(1, thread_name_prefix="vault-sha256")
+                # The idle thread ends with the vault.
+                weakref.finalize(self, self._hasher.shutdown, wait=False)
+            return self._hasher.submit(lambda: spool.sha256)
 
     def open_file(self, ref: SealedRef) -> Iterator[bytes]:
         """Authenticate the whole object, then return an iterator over its plaintext.
@@ -179,67 +236,163 @@ class Vault:
         return decrypt(lambda: self.store.open(ref.object_key), dek, ref.identity)
 
 
-class EncryptedSpool(io.RawIOBase):
-    """A seekable scratch file: in memory while small, then an encrypted temp file.
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
-    The temp file is encrypted with AES-256-CTR under a random key that lives only in
-    this object, and is unlinked on creation, so plaintext never rests on disk and no
-    file outlives the process. CTR allows reading at any offset, which inspection needs.
+
+class Spool:
+    """A private copy of one upload that can be read at any offset, any number of times.
+
+    The copy is made once, from ``source``, when the spool is created, and never
+    changes afterwards, so ``size`` and ``sha256`` (hex) describe exactly what every
+    :meth:`open` reads. It stays in memory up to ``memory_limit`` bytes and then moves
+    to a temporary file in ``directory``, encrypted with AES-256-CTR under a random key
+    that lives only in this object and unlinked on creation: plaintext never rests on
+    disk and no file outlives the process. CTR allows reading at any offset, which
+    inspection needs. Exceptions of ``source``
+    (UploadTooLarge from a size limit) and OSError from the temporary file propagate,
+    and nothing is left behind. Close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, memory_limit: int, directory: Path | None) -> None:
-        super().__init__()
+    def __init__(self, source: _Readable, *, memory_limit: int, directory: Path | None) -> None:
         self._memory_limit = memory_limit
         self._directory = directory
-        self._buffer: io.BytesIO | None = io.BytesIO()
+        # The pieces read so far while in memory (joined once at the end), else None.
+        self._memory: list[bytes] | None = []
+        self._data = b""
         self._file: BinaryIO | None = None
+        self._closed = False
         self._key = os.urandom(32)
         self._nonce = os.urandom(8)
+        # Once spilled, the digest is taken on the way to disk (reading the file back
+        # would cost a decryption); a copy in memory is hashed in one go when first asked.
+        self._spill_digest = hashlib.sha256()
+        self._sha256: str | None = None
+        self._sha256_lock = threading.Lock()
+        size = 0
+        try:
+            while chunk := source.read(_COPY_CHUNK):
+                self._append(size, chunk)
+                size += len(chunk)
+        except BaseException:
+            self.close()
+            raise
+        if self._memory is not None:
+            self._data = b"".join(self._memory)
+            self._memory = None
+        else:
+            self._sha256 = self._spill_digest.hexdigest()
+        self.size = size
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 (hex) of the copy, computed on first use from any thread (a
+        concurrent first use waits for it); ``ValueError`` if first used once closed."""
+        with self._sha256_lock:
+            if self._sha256 is None:
+                if self._closed:
+                    raise ValueError("the spool is closed")
+                self._sha256 = hashlib.sha256(self._data).hexdigest()
+            return self._sha256
+
+    @property
+    def sha256_known(self) -> bool:
+        """Whether :attr:`sha256` is computed already, so reading it costs nothing."""
+        return self._sha256 is not None
+
+    def open(self) -> BinaryIO:
+        """A new read-only, seekable view of the whole copy, positioned at 0.
+
+        Views are independent of each other and valid until the spool is closed;
+        ``ValueError`` once it is.
+        """
+        if self._closed:
+            raise ValueError("the spool is closed")
+        if self._file is None:
+            # BytesIO shares the bytes object until written to, so a view costs no copy
+            # and cannot change the spool.
+            return io.BytesIO(self._data)
+        raw = _SpillReader(self._file, self.size, self._crypt)
+        return io.BufferedReader(raw, buffer_size=_SPILL_READ_BUFFER)
+
+    def close(self) -> None:
+        """Drop the copy; the temporary file, if any, is closed and so disappears."""
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._memory = None
+        self._data = b""
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _append(self, offset: int, chunk: bytes) -> None:
+        if self._memory is not None and offset + len(chunk) > self._memory_limit:
+            # An unbuffered file: every write goes to the operating system at once,
+            # where the readers' positional reads see it.
+            handle = tempfile.TemporaryFile(dir=self._directory, buffering=0)  # noqa: SIM115
+            self._file = handle
+            start = 0
+            for piece in self._memory:
+                self._spill_digest.update(piece)
+                handle.write(self._crypt(start, piece))
+                start += len(piece)
+            self._memory = None
+        if self._memory is not None:
+            self._memory.append(chunk)
+        else:
+            assert self._file is not None
+            self._spill_digest.update(chunk)
+            self._file.write(self._crypt(offset, chunk))
+
+    def _crypt(self, offset: int, data: bytes) -> bytes:
+        """AES-CTR at byte ``offset``: the counter block is nonce ‖ (offset // 16)."""
+        block, skip = divmod(offset, 16)
+        counter = self._nonce + block.to_bytes(8, "big")
+        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+        if not skip:
+            return encryptor.update(data)
+        return encryptor.update(bytes(skip) + data)[skip:]
+
+
+class _SpillReader(io.RawIOBase):
+    """A read-only, seekable view of a spool's encrypted file, decrypting as it reads.
+
+    Positional reads (``os.pread``) keep every view's position its own. Reading after
+    the spool closed its file raises ``ValueError``.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, crypt: Callable[[int, bytes], bytes]) -> None:
+        super().__init__()
+        self._file = file
+        self._size = size
+        self._crypt = crypt
         self._position = 0
-        self._size = 0
 
     def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        chunk = bytes(data)
-        if self._buffer is not None and self._position + len(chunk) > self._memory_limit:
-            self._spill()
-        if self._buffer is not None:
-            written = self._buffer.write(chunk)
-        else:
-            assert self._file is not None
-            self._file.seek(self._position)
-            written = self._file.write(self._crypt(self._position, chunk))
-        self._position += written
-        self._size = max(self._size, self._position)
-        return written
-
-    def read(self, size: int = -1) -> bytes:
-        remaining = self._size - self._position
-        count = remaining if size < 0 else min(size, remaining)
-        if count <= 0:
-            return b""
-        if self._buffer is not None:
-            self._buffer.seek(self._position)
-            data = self._buffer.read(count)
-        else:
-            assert self._file is not None
-            self._file.seek(self._position)
-            data = self._crypt(self._position, self._file.read(count))
-        self._position += len(data)
-        return data
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as view, view.cast("B") as target:
+            count = max(0, min(len(target), self._size - self._position))
+            if not count:
+                return 0
+            data = self._crypt(self._position, os.pread(self._file.fileno(), count, self._position))
+            target[: len(data)] = data
+            self._position += len(data)
+            return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
@@ -250,25 +403,3 @@ class EncryptedSpool(io.RawIOBase):
 
     def tell(self) -> int:
         return self._position
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._buffer = None
-        super().close()
-
-    def _spill(self) -> None:
-        assert self._buffer is not None
-        handle = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 - closed in close()
-        plaintext = self._buffer.getvalue()
-        handle.write(self._crypt(0, plaintext))
-        self._file = handle
-        self._buffer = None
-
-    def _crypt(self, offset: int, data: bytes) -> bytes:
-        """AES-CTR at byte ``offset``: the counter block is nonce ‖ (offset // 16)."""
-        block, skip = divmod(offset, 16)
-        counter = self._nonce + block.to_bytes(8, "big")
-        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
-        return encryptor.update(bytes(skip) + data)[skip:]

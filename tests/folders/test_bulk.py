@@ -8,8 +8,10 @@ import hashlib
 import io
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +31,7 @@ from folders.bulk import (
     REPORT_COLUMNS,
     BulkIngest,
     IngestBusy,
+    Manifest,
     ManifestError,
     ManifestRow,
     RowOutcome,
@@ -43,8 +46,9 @@ from folders.errors import Forbidden
 from folders.models import Document, DocumentVersion
 from folders.runtime import Runtime
 from storage.envelope import ObjectIdentity
+from storage.errors import StorageUnavailable
 from storage.ingest import Vault
-from storage.objects import S3ObjectStore
+from storage.objects import ObjectInfo, ObjectStore, S3ObjectStore
 from tests.support import samples
 from tests.support.people import Cast
 from tests.support.s3 import S3Service
@@ -297,9 +301,13 @@ def write_manifest(directory: Path, rows: list[list[str]], name: str = "manifest
 
 
 def load(path: Path) -> tuple[ManifestRow, ...]:
+    return load_all(path).rows
+
+
+def load_all(path: Path) -> Manifest:
     manifest = parse_manifest(path.read_bytes(), path.parent)
     assert manifest.rejected == ()
-    return manifest.rows
+    return manifest
 
 
 def counts(runtime: Runtime) -> tuple[int, int, int]:
@@ -496,6 +504,101 @@ def test_only_registrars_ingest(runtime: Runtime, cast: Cast, tmp_path: Path) ->
         with pytest.raises(Forbidden):
             make_bulk(runtime).run(actor, manifest)
     assert counts(runtime) == (0, 0, 0)
+
+
+class ObservedStore(ObjectStore):
+    """The runtime's store, recording the deletions asked of it; ``refuse_batches``
+    makes every ``delete_many`` fail as an unreachable store would."""
+
+    def __init__(self, store: ObjectStore, *, refuse_batches: bool = False) -> None:
+        self._store = store
+        self.description = store.description
+        self.refuse_batches = refuse_batches
+        self.deleted: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def put(
+        self,
+        key: str,
+        stream: BinaryIO,
+        size_hint: int | None = None,
+        *,
+        retain_until: datetime | None = None,
+    ) -> ObjectInfo:
+        return self._store.put(key, stream, size_hint, retain_until=retain_until)
+
+    def open(self, key: str) -> BinaryIO:
+        return self._store.open(key)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._store.head(key)
+
+    def delete(self, key: str) -> None:
+        self.deleted.append(key)
+        self._store.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self.batches.append(list(keys))
+        if self.refuse_batches:
+            raise StorageUnavailable(self.description, "connection refused")
+        self._store.delete_many(keys)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._store.list(prefix)
+
+    def supports_retention(self) -> bool:
+        return self._store.supports_retention()
+
+
+def observed_bulk(runtime: Runtime, store: ObservedStore) -> BulkIngest:
+    vault = Vault(store, runtime.keyring, max_bytes=runtime.settings.max_upload_bytes)
+    return BulkIngest(runtime.engine, runtime.audit_log, vault, runtime.students, runtime.clock)
+
+
+def test_markers_of_committed_rows_go_in_one_batch_at_the_end(
+    runtime: Runtime, cast: Cast, tmp_path: Path, stored_keys: Callable[[str], set[str]]
+) -> None:
+    files = write_files(tmp_path / "batch", 6)
+    bad = tmp_path / "batch" / "scans" / "trap.pdf"
+    bad.write_bytes(samples.pdf_with_launch_action())
+    rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
+    rows.append([cast.child.district_id, "other", "Trap", "", "", "scans/trap.pdf"])
+    path = write_manifest(tmp_path / "batch", rows)
+    store = ObservedStore(runtime.store)
+
+    summary = observed_bulk(runtime, store).run(cast.registrar, load_all(path), workers=3)
+
+    assert summary.count(RowOutcome.STORED) == 6
+    committed = version_keys(runtime)
+    # No object was put for the refused file, so nothing was deleted one by one.
+    assert store.deleted == []
+    assert [sorted(batch) for batch in store.batches] == [
+        sorted(INTENT_PREFIX + key for key in committed)
+    ]
+    assert stored_keys(INTENT_PREFIX) == set()
+    assert stored_keys("versions/") == committed
+
+
+def test_markers_a_failed_batch_leaves_are_removed_by_the_next_run(
+    runtime: Runtime, cast: Cast, tmp_path: Path, stored_keys: Callable[[str], set[str]]
+) -> None:
+    files = write_files(tmp_path / "batch", 3)
+    rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
+    manifest = load_all(write_manifest(tmp_path / "batch", rows))
+    store = ObservedStore(runtime.store, refuse_batches=True)
+
+    first = observed_bulk(runtime, store).run(cast.registrar, manifest)
+
+    assert first.complete and first.count(RowOutcome.STORED) == 3
+    committed = version_keys(runtime)
+    assert stored_keys(INTENT_PREFIX) == {INTENT_PREFIX + key for key in committed}
+
+    again = make_bulk(runtime).run(cast.registrar, manifest)
+
+    # Those markers belong to committed versions: not unfinished uploads.
+    assert again.unfinished_removed == 0 and again.count(RowOutcome.ALREADY_STORED) == 3
+    assert stored_keys(INTENT_PREFIX) == set()
+    assert stored_keys("versions/") == committed == version_keys(runtime)
 
 
 @pytest.mark.s3

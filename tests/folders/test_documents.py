@@ -189,3 +189,37 @@ def test_revocation_and_restriction_take_effect_on_the_next_request(
     with pytest.raises(NotFound):
         read(runtime, cast, info.id)
     assert runtime.documents.shared_with(cast.parent) == []
+
+
+def test_a_guardian_open_weighs_only_their_own_grants_on_that_document(
+    runtime: Runtime, cast: Cast
+) -> None:
+    shared, data = upload_pdf(runtime, cast, cast.child, "Shared one")
+    other, _ = upload_pdf(runtime, cast, cast.child, "Not shared")
+    runtime.students.link_guardian(cast.registrar, cast.child.id, cast.other_parent.email)
+    runtime.grants.grant(cast.registrar, cast.other_parent.email, cast.child.id, GrantScope.FOLDER)
+    grant = runtime.grants.grant(
+        cast.registrar, cast.parent.email, cast.child.id, GrantScope.DOCUMENT, document_id=shared.id
+    )
+
+    def denied_reason(document_id: uuid.UUID) -> str | None:
+        with pytest.raises(NotFound):
+            read(runtime, cast, document_id)
+        return runtime.audit_log.query(per_page=1).items[0].event.detail
+
+    assert read(runtime, cast, shared.id) == data
+    # Another guardian's folder grant on the same student shares nothing with this one.
+    assert denied_reason(other.id) == "document.download: not_shared"
+    runtime.grants.revoke(cast.registrar, grant.id, "Shared by mistake")
+    assert denied_reason(shared.id) == "document.download: grant_revoked"
+
+
+def test_a_spooled_upload_is_stored_with_the_spool_digest(runtime: Runtime, cast: Cast) -> None:
+    data = samples.make_pdf(pages=3, text="Spooled before the upload")
+    with runtime.vault.spool(io.BytesIO(data)) as spool:
+        info = runtime.documents.upload(
+            cast.registrar, cast.child.id, spool, "scan.pdf", category="iep", title="IEP 2026"
+        )
+    assert info.current.sha256 == spool.sha256 == hashlib.sha256(data).hexdigest()
+    opened = runtime.documents.open(cast.registrar, info.id, purpose="records review")
+    assert b"".join(opened.chunks) == data

@@ -313,6 +313,18 @@ def test_plaintext_hash_is_ready_once_the_plaintext_is_exhausted() -> None:
     assert reader.plaintext_sha256 == hashlib.sha256(b"x" * 40).hexdigest()
 
 
+def test_a_reader_that_does_not_hash_seals_the_same_bytes() -> None:
+    plaintext = os.urandom(200_000)
+    hashing = EncryptingReader(io.BytesIO(plaintext), DEK, IDENTITY, "kek", 1, random=bytes)
+    plain = EncryptingReader(
+        io.BytesIO(plaintext), DEK, IDENTITY, "kek", 1, random=bytes, hash_plaintext=False
+    )
+    assert plain.read() == hashing.read()
+    assert plain.plaintext_size == hashing.plaintext_size == len(plaintext)
+    with pytest.raises(RuntimeError, match="hash_plaintext"):
+        _ = plain.plaintext_sha256
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -16,7 +16,7 @@ from minio import Minio
 
 from storage.envelope import ObjectIdentity
 from storage.errors import ContentRejected, IntegrityError, ObjectNotFound, UploadTooLarge
-from storage.ingest import EncryptedSpool, SealedRef, StoredFile, Vault
+from storage.ingest import SealedRef, Spool, StoredFile, Vault
 from storage.keyring import Keyring
 from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
 from tests.support import samples
@@ -94,6 +94,57 @@ def test_a_large_scan_spills_to_an_encrypted_spool(vault: Vault) -> None:
         read_all(vault, vault.store_file(io.BytesIO(data), "a.pdf", identity2, key2), identity2)
         == data
     )
+
+
+def test_a_spool_is_stored_as_it_is(vault: Vault) -> None:
+    data = samples.make_tiff(pages=30, width=256, height=256)  # spills: over 64 KiB
+    with vault.spool(io.BytesIO(data)) as spool:
+        assert (spool.size, spool.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        identity, key = new_identity()
+        stored = vault.store_file(spool, "scan.tif", identity, key)
+        # The spool is not used up: the same bytes can be stored again.
+        identity2, key2 = new_identity()
+        again = vault.store_file(spool, "scan.tif", identity2, key2)
+    assert stored.sha256 == again.sha256 == spool.sha256
+    assert read_all(vault, stored, identity) == read_all(vault, again, identity2) == data
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_large_upload_held_in_memory_is_hashed_beside_the_upload(
+    store: ObjectStore, keyring: Keyring, tmp_path: Path, refused: bool
+) -> None:
+    vault = Vault(store, keyring, max_bytes=8 * 1024 * 1024, spool_dir=tmp_path)
+    data = samples.make_tiff(pages=8, width=512, height=512)
+    assert len(data) > 1024 * 1024  # past the size worth a thread, within the memory spool
+    if refused:
+        data += b"appended after the image"
+    identity, key = new_identity()
+    with vault.spool(io.BytesIO(data)) as spool:
+        assert not spool.sha256_known
+        if refused:
+            with pytest.raises(ContentRejected):
+                vault.store_file(spool, "scan.tif", identity, key)
+            assert stored_keys(vault.store) == []
+            return
+        stored = vault.store_file(spool, "scan.tif", identity, key)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert read_all(vault, stored, identity) == data
+
+
+def test_a_closed_spool_that_was_never_hashed_cannot_be(tmp_path: Path) -> None:
+    spool = Spool(io.BytesIO(b"x" * 1000), memory_limit=4096, directory=tmp_path)
+    spool.close()
+    with pytest.raises(ValueError, match="closed"):
+        _ = spool.sha256
+
+
+def test_a_spool_over_the_size_limit_is_refused(vault: Vault, keyring: Keyring) -> None:
+    generous = Vault(vault.store, keyring, max_bytes=vault.max_bytes * 2)
+    with generous.spool(io.BytesIO(b"%" * (vault.max_bytes + 1))) as spool:
+        identity, key = new_identity()
+        with pytest.raises(UploadTooLarge):
+            vault.store_file(spool, "big.pdf", identity, key)
+    assert stored_keys(vault.store) == []
 
 
 @pytest.mark.parametrize(
@@ -228,27 +279,61 @@ def test_the_raw_bucket_holds_ciphertext_only(
             assert data[64:128] not in raw
 
 
-def test_spool_reads_back_exactly_at_any_offset(tmp_path: Path) -> None:
+class Pieces:
+    """``data`` handed out in pieces of at most ``piece`` bytes, however much is asked."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.source, self.piece = io.BytesIO(data), piece
+
+    def read(self, size: int = -1) -> bytes:
+        return self.source.read(self.piece if size < 0 else min(size, self.piece))
+
+
+@pytest.mark.parametrize("memory_limit", [1000, 10_000_000])
+def test_spool_reads_back_exactly_at_any_offset(tmp_path: Path, memory_limit: int) -> None:
     payload = os.urandom(300_000)
-    spool = EncryptedSpool(memory_limit=1000, directory=tmp_path)
-    for start in range(0, len(payload), 7001):
-        spool.write(payload[start : start + 7001])
+    # Odd pieces, so that neither the spill nor the writes line up with AES blocks.
+    spool = Spool(Pieces(payload, 7001), memory_limit=memory_limit, directory=tmp_path)
+    assert spool.size == len(payload)
+    assert spool.sha256 == hashlib.sha256(payload).hexdigest()
+    first, second = spool.open(), spool.open()
     for offset in (0, 1, 15, 16, 17, 999, 1000, 123_457, len(payload) - 3):
-        spool.seek(offset)
-        assert spool.read(5000) == payload[offset : offset + 5000]
-    spool.seek(0)
-    assert spool.read() == payload
+        first.seek(offset)
+        second.seek(len(payload) - offset)
+        assert first.read(5000) == payload[offset : offset + 5000]
+        assert second.read() == payload[len(payload) - offset :]
+    first.seek(0)
+    assert first.read() == payload
     spool.close()
     assert list(tmp_path.iterdir()) == []  # the spill file was never linked in the directory
+    with pytest.raises(ValueError):
+        spool.open()
+    if memory_limit < len(payload):  # a view of the closed spill file reads nothing more
+        first.seek(0)
+        with pytest.raises(ValueError):
+            first.read(1)
+
+
+def test_spool_views_cannot_change_the_spool(tmp_path: Path) -> None:
+    with Spool(io.BytesIO(b"original"), memory_limit=1000, directory=tmp_path) as spool:
+        view = spool.open()
+        view.write(b"CHANGED!")
+        assert spool.open().read() == b"original"
 
 
 def test_spool_file_on_disk_is_not_plaintext(tmp_path: Path) -> None:
-    spool = EncryptedSpool(memory_limit=10, directory=tmp_path)
-    spool.write(MARKER.encode() * 100)
+    spool = Spool(io.BytesIO(MARKER.encode() * 100), memory_limit=10, directory=tmp_path)
     assert spool._file is not None
-    spool._file.seek(0)
-    assert MARKER.encode() not in spool._file.read()
+    assert MARKER.encode() not in os.pread(spool._file.fileno(), 100_000, 0)
+    assert spool.open().read() == MARKER.encode() * 100
     spool.close()
+
+
+def test_a_failing_source_leaves_no_spool_file(tmp_path: Path) -> None:
+    source = FailingReader(io.BytesIO(MARKER.encode() * 100), fail_after=2000)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="connection reset"):
+        Spool(source, memory_limit=10, directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 class PatternStream(io.RawIOBase):
