@@ -487,6 +487,8 @@ class AuditLog:
         """
         try:
             with self._engine.connect() as connection:
+                # One statement: autocommit spares the BEGIN and ROLLBACK round trips.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
                 last, sealed, sealed_at = connection.execute(_PENDING).one()
             pending = last - (sealed or 0)
             if pending <= 0:

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import BinaryIO
 
 from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
@@ -189,7 +190,7 @@ class Documents:
                 )
                 info = document_info(document, [version])
         except BaseException:
-            self._vault.store.delete(stored.object_key)
+            self._discard(stored.object_key)
             raise
         self._audit.maybe_checkpoint()
         return info
@@ -231,7 +232,7 @@ class Documents:
                 )
                 info = document_info(document, self._versions(session, document_id))
         except BaseException:
-            self._vault.store.delete(stored.object_key)
+            self._discard(stored.object_key)
             raise
         self._audit.maybe_checkpoint()
         return info
@@ -391,6 +392,24 @@ class Documents:
         identity = ObjectIdentity(str(document_id), str(version_id))
         # Keys are random, never derived from names or filenames.
         return self._vault.store_file(stream, filename, identity, f"versions/{uuid.uuid4()}")
+
+    def _discard(self, object_key: str) -> None:
+        """Delete the object of a version whose transaction failed, unless it committed.
+
+        A COMMIT whose reply was lost may have succeeded, and the object then belongs to
+        a stored version. When the database cannot say, the object stays as well: an
+        orphan costs storage until ``satchel fsck --repair`` removes it, whereas a
+        wrongly deleted object would lose the record. Raises StorageError.
+        """
+        try:
+            with reading_session(self._engine) as session:
+                committed = session.scalar(
+                    select(DocumentVersion.id).where(DocumentVersion.object_key == object_key)
+                )
+        except SQLAlchemyError:
+            return
+        if committed is None:
+            self._vault.store.delete(object_key)
 
     def _version_row(
         self,

@@ -5,6 +5,8 @@ import io
 import uuid
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from audit.events import Action
 from folders.categories import Category
@@ -80,6 +82,50 @@ def test_rejected_upload_stores_nothing(runtime: Runtime, cast: Cast) -> None:
     assert runtime.documents.list_folder(cast.registrar, cast.child.id) == []
     assert list(runtime.store.list("")) == []
     assert actions(runtime)[: len(before)] == before
+
+
+class CommitReplyLost(Exception):
+    """The database committed, but the answer never reached Satchel."""
+
+
+@pytest.mark.parametrize("what", ["document", "version"])
+def test_an_upload_whose_commit_reply_is_lost_keeps_its_object(
+    runtime: Runtime, cast: Cast, what: str
+) -> None:
+    first, _ = upload_pdf(runtime, cast, cast.child)
+    data = samples.make_pdf(text="Corrected")
+
+    def lose_the_reply(_session: Session) -> None:
+        raise CommitReplyLost
+
+    event.listen(Session, "after_commit", lose_the_reply)
+    try:
+        with pytest.raises(CommitReplyLost):
+            if what == "document":
+                runtime.documents.upload(
+                    cast.registrar,
+                    cast.child.id,
+                    io.BytesIO(data),
+                    "b.pdf",
+                    category=Category.OTHER,
+                    title="Second",
+                )
+            else:
+                runtime.documents.upload_version(
+                    cast.registrar, first.id, io.BytesIO(data), "b.pdf"
+                )
+    finally:
+        event.remove(Session, "after_commit", lose_the_reply)
+    # The version committed, so its object must still be there and open.
+    folder = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    document, version = max(
+        ((d, v) for d in folder for v in d.versions), key=lambda pair: pair[1].uploaded_at
+    )
+    assert version.sha256 == hashlib.sha256(data).hexdigest()
+    opened = runtime.documents.open(
+        cast.registrar, document.id, version_id=version.id, purpose="checking the correction"
+    )
+    assert b"".join(opened.chunks) == data
 
 
 @pytest.mark.parametrize(
