@@ -374,10 +374,9 @@ class _RowRejected(Exception):
 class BulkIngest:
     """Stores the rows of a manifest, in parallel, at most once each.
 
-    ``vault`` is the installation's vault; each row is stored through a
-    :class:`Documents` service over the same object store with intent markers added.
-    ``spool_dir`` is where that vault spills large files (encrypted), as configured for
-    the installation. ``monotonic`` and ``sleep`` time the run and the wait for the lock.
+    ``vault`` is the installation's vault, which spools each file; each row is stored
+    through a :class:`Documents` service over the same object store with intent markers
+    added. ``monotonic`` and ``sleep`` time the run and the wait for the lock.
     """
 
     def __init__(
@@ -388,7 +387,6 @@ class BulkIngest:
         students: Students,
         clock: Callable[[], datetime],
         *,
-        spool_dir: Path | None = None,
         lock_wait_seconds: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -398,7 +396,6 @@ class BulkIngest:
         self._vault = vault
         self._students = students
         self._clock = clock
-        self._spool_dir = spool_dir
         self._lock_wait = lock_wait_seconds
         self._monotonic = monotonic
         self._sleep = sleep
@@ -562,12 +559,8 @@ class BulkIngest:
         documents = Documents(
             self._engine,
             self._audit,
-            Vault(
-                markers,
-                self._vault.keyring,
-                max_bytes=self._vault.max_bytes,
-                spool_dir=self._spool_dir,
-            ),
+            # Rows arrive spooled by self._vault; this one only seals and stores them.
+            Vault(markers, self._vault.keyring, max_bytes=self._vault.max_bytes),
             self._clock,
         )
         info = None

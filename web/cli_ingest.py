@@ -53,14 +53,7 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
     except OSError as e:
         raise click.ClickException(f"cannot read {manifest}: {e.strerror or e}") from e
     parsed = parse_manifest(data, manifest.resolve().parent)
-    bulk = BulkIngest(
-        rt.engine,
-        rt.audit_log,
-        rt.vault,
-        rt.students,
-        rt.clock,
-        spool_dir=rt.settings.data_dir / "tmp",
-    )
+    bulk = BulkIngest(rt.engine, rt.audit_log, rt.vault, rt.students, rt.clock)
     with tqdm(total=parsed.total, unit="file", desc="ingest", disable=None) as bar:
 
         def advance(result: RowResult) -> None:

@@ -135,14 +135,7 @@ def test_ingest_and_read_vs_raw_s3(
         site.students.link_guardian(registrar, student.id, guardian.email)
         site.grants.grant(registrar, guardian.email, student.id, GrantScope.FOLDER)
         district_ids.append(student.district_id)
-    bulk = BulkIngest(
-        site.engine,
-        site.audit_log,
-        site.vault,
-        site.students,
-        site.clock,
-        spool_dir=site.settings.data_dir / "tmp",
-    )
+    bulk = BulkIngest(site.engine, site.audit_log, site.vault, site.students, site.clock)
 
     def satchel_ingest(tag: str) -> tuple[float, list[object]]:
         manifest = write_manifest(corpus, tag, district_ids)

@@ -272,7 +272,6 @@ def make_bulk(runtime: Runtime, lock_wait_seconds: float = 10.0) -> BulkIngest:
         runtime.vault,
         runtime.students,
         runtime.clock,
-        spool_dir=runtime.settings.data_dir / "tmp",
         lock_wait_seconds=lock_wait_seconds,
     )
 

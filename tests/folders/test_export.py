@@ -99,12 +99,7 @@ def ingest_scans(runtime: Runtime, cast: Cast, directory: Path, count: int) -> d
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
     bulk = BulkIngest(
-        runtime.engine,
-        runtime.audit_log,
-        runtime.vault,
-        runtime.students,
-        runtime.clock,
-        spool_dir=runtime.settings.data_dir / "tmp",
+        runtime.engine, runtime.audit_log, runtime.vault, runtime.students, runtime.clock
     )
     summary = bulk.run(cast.registrar, parse_manifest(manifest.read_bytes(), directory))
     assert summary.count(RowOutcome.STORED) == count
