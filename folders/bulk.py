@@ -51,7 +51,8 @@ from audit.errors import AuditError
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.categories import Category
-from folders.documents import Documents, check_school_year, parse_category, reading_session
+from folders.db import reading_session
+from folders.documents import Documents, check_school_year, parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide

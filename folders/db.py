@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm import Session
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # A pooled server connection idle for longer than this is pinged before it is handed out.
@@ -93,3 +96,18 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+
+
+@contextmanager
+def reading_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads that need no transaction of their own.
+
+    Its connection is in autocommit mode, so each statement runs on its own: on
+    PostgreSQL that spares the BEGIN and ROLLBACK round trips around the reads, and at
+    its default READ COMMITTED level the statements of a transaction would see no more
+    consistent a picture. Never write through it.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with Session(connection) as session:
+            yield session

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO
@@ -19,6 +18,7 @@ from audit.log import AuditLog
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
+from folders.db import reading_session
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import (
     Document,
@@ -92,21 +92,6 @@ def check_school_year(value: str | None) -> str | None:
     if not match or int(match.group(2)) != int(match.group(1)) + 1:
         raise InvalidInput(f"The school year must look like 2025-2026, not {value!r}.")
     return value.strip()
-
-
-@contextmanager
-def reading_session(engine: Engine) -> Iterator[Session]:
-    """A session for reads that need no transaction of their own.
-
-    Its connection is in autocommit mode, so each statement runs on its own: on
-    PostgreSQL that spares the BEGIN and ROLLBACK round trips around the reads, and at
-    its default READ COMMITTED level the statements of a transaction would see no more
-    consistent a picture. Never write through it.
-    """
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        with Session(connection) as session:
-            yield session
 
 
 def parse_category(value: str | Category) -> Category:
