@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from folders.runtime import Runtime
+from tests.benchmarks.district import open_site, site_settings
+from tests.support.s3 import S3Service
+
 RESULTS = Path(os.environ.get("SATCHEL_BENCH_RESULTS", "var/bench/results.json"))
 
 
@@ -90,3 +94,19 @@ def results() -> Iterator[Results]:
     RESULTS.write_text(
         json.dumps({"scale": collected.scale, "figures": list(merged.values())}, indent=2) + "\n"
     )
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path,
+    postgres_database_url: str,
+    s3_server: S3Service,
+    s3_bucket: str,
+    s3_prefix: str,
+) -> Iterator[Runtime]:
+    """A Satchel installation on the run's PostgreSQL and SeaweedFS."""
+    runtime = open_site(
+        site_settings(tmp_path / "site", postgres_database_url, s3_server, s3_bucket, s3_prefix)
+    )
+    yield runtime
+    runtime.close()

@@ -29,7 +29,6 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,9 @@ from tests.benchmarks.conftest import Results, median, scale
 from tests.benchmarks.district import (
     PASSWORD,
     add_account,
-    open_site,
     scanned_record,
     serving,
-    site_settings,
 )
-from tests.support.s3 import S3Service
 
 pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 
@@ -60,21 +56,6 @@ DOCUMENTS_PER_CHILD = 3
 WINDOW_SECONDS = {"small": 10.0, "full": 30.0}
 ROUNDS = 3
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path,
-    postgres_database_url: str,
-    s3_server: S3Service,
-    s3_bucket: str,
-    s3_prefix: str,
-) -> Iterator[Runtime]:
-    runtime = open_site(
-        site_settings(tmp_path / "site", postgres_database_url, s3_server, s3_bucket, s3_prefix)
-    )
-    yield runtime
-    runtime.close()
 
 
 def _download_events(runtime: Runtime, after: int) -> Counter[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,7 @@ from folders.bulk import BulkIngest, RowOutcome, parse_manifest
 from folders.models import GrantScope, Role
 from folders.runtime import Runtime
 from tests.benchmarks.conftest import Results, median, scale
-from tests.benchmarks.district import add_account, generate_document, open_site, site_settings
-from tests.support.s3 import S3Service
+from tests.benchmarks.district import add_account, generate_document
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -99,21 +98,6 @@ def _parallel(workers: int, work: Callable[[int], object], count: int) -> float:
         for _ in pool.map(work, range(count)):
             pass
     return time.perf_counter() - started
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path,
-    postgres_database_url: str,
-    s3_server: S3Service,
-    s3_bucket: str,
-    s3_prefix: str,
-) -> Iterator[Runtime]:
-    runtime = open_site(
-        site_settings(tmp_path / "site", postgres_database_url, s3_server, s3_bucket, s3_prefix)
-    )
-    yield runtime
-    runtime.close()
 
 
 @pytest.mark.slow
