@@ -85,6 +85,7 @@ T = TypeVar("T")
 _logger = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 500
+_CHECK_INTERVAL = timedelta(seconds=1)  # maybe_checkpoint asks at least this often
 _STREAM_BATCH = 10_000
 
 _NEXT_SEQUENCE = (
@@ -266,7 +267,9 @@ class AuditLog:
     ``origin`` names the log in its checkpoints. ``retention_days``, when set, writes
     each checkpoint to the object store under COMPLIANCE retention for that many days
     (the bucket must have Object Lock). A checkpoint is due once ``checkpoint_every``
-    events, or any events older than ``checkpoint_interval``, are unsealed.
+    events, or any events older than ``checkpoint_interval``, are unsealed;
+    :meth:`maybe_checkpoint` looks for one after every ``checkpoint_every // 16`` events
+    this object appends (at least one) and at least once a second.
     Raises ``ValueError`` for a non-positive ``checkpoint_every`` or ``retention_days``.
     """
 
@@ -308,6 +311,11 @@ class AuditLog:
         # autocommit attempt that fails costs a wasted round trip, so record() makes
         # one only after a guess held.
         self._guess_held = False
+        # When maybe_checkpoint last asked the database, and how many events this
+        # object has appended since (a hint: unlocked increments may be lost).
+        self._checked_at: datetime | None = None
+        self._appended_since_check = 0
+        self._check_after = max(1, checkpoint_every // 16)
 
     # Appending --------------------------------------------------------------------------
 
@@ -356,6 +364,7 @@ class AuditLog:
             connection.execute(_INSERT_EVENT, row)
             connection.execute(_ADVANCE_HEAD, {"leaf_hash": recorded.leaf_hash})
         self._last_appended = (recorded.sequence, recorded.leaf_hash)
+        self._appended_since_check += 1
         return recorded
 
     def _append_if_guessed(self, connection: Connection, event: Event) -> RecordedEvent | None:
@@ -374,6 +383,7 @@ class AuditLog:
             self._guess_held = False
             return None
         self._last_appended = (recorded.sequence, recorded.leaf_hash)
+        self._appended_since_check += 1
         return recorded
 
     def _append_guessing(
@@ -480,11 +490,23 @@ class AuditLog:
     def maybe_checkpoint(self) -> None:
         """Seal the log if a checkpoint is due; one cheap query when it is not.
 
-        Meant to run after a commit, so it never raises: the action it follows already
-        happened and is recorded. A failure is logged and the next call, or
+        The query is made only once this object has appended ``checkpoint_every // 16``
+        events (at least one) since the last, or a second has passed by the clock, so
+        a busy process asks rarely and a checkpoint is made at most that late. Meant to
+        run after a commit, so it never raises: the action it follows already happened
+        and is recorded. A failure is logged and the next call, or
         ``satchel audit checkpoint``, tries again; ``satchel audit verify`` reports
         what a refusal to sign was about.
         """
+        now = self._clock()
+        if (
+            self._appended_since_check < self._check_after
+            and self._checked_at is not None
+            and now - self._checked_at < _CHECK_INTERVAL
+        ):
+            return
+        self._checked_at = now
+        self._appended_since_check = 0
         try:
             with self._engine.connect() as connection:
                 # One statement: autocommit spares the BEGIN and ROLLBACK round trips.
@@ -496,7 +518,7 @@ class AuditLog:
             if (
                 pending >= self._checkpoint_every
                 or sealed_at is None
-                or self._clock() - sealed_at >= self._checkpoint_interval
+                or now - sealed_at >= self._checkpoint_interval
             ):
                 self.checkpoint()
         except (SQLAlchemyError, AuditError) as e:

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -212,7 +212,27 @@ def _check_segment_size(segment_size: int) -> None:
         )
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
+class _Reader(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Concatenated:
+    """Reads ``first`` to its end, then ``rest``."""
+
+    def __init__(self, first: bytes, rest: _Reader) -> None:
+        self._first: io.BytesIO | None = io.BytesIO(first)
+        self._rest = rest
+
+    def read(self, size: int, /) -> bytes:
+        if self._first is not None:
+            chunk = self._first.read(size)
+            if chunk:
+                return chunk
+            self._first = None  # read: let it go
+        return self._rest.read(size)
+
+
+def _read_exact(stream: _Reader, size: int) -> bytes:
     """Up to ``size`` bytes; fewer only at end of stream (reads may return short)."""
     chunks: list[bytes] = []
     remaining = size
@@ -426,7 +446,7 @@ class EncryptingReader(_BufferedSealingStream):
         return self._sealer.plaintext_sha256
 
 
-def _open_segments(stream: BinaryIO, cipher: SegmentCipher, segment_size: int) -> Iterator[bytes]:
+def _open_segments(stream: _Reader, cipher: SegmentCipher, segment_size: int) -> Iterator[bytes]:
     """Authenticate and yield the plaintext of each segment of ``stream`` in order.
 
     The last segment is the one followed by end of stream; it must carry the final flag and
@@ -459,7 +479,11 @@ def _open_segments(stream: BinaryIO, cipher: SegmentCipher, segment_size: int) -
 def _verifying_pass(
     stream: BinaryIO, dek: bytes, identity: ObjectIdentity, in_memory_limit: int
 ) -> tuple[bytes, list[bytes] | None]:
-    """Authenticate the whole object; keep its plaintext if it fits within the limit."""
+    """Authenticate the whole object; keep its plaintext if it fits within the limit.
+
+    After the header, as much as an object that fits can hold is read in one call: most
+    objects then arrive in one read rather than one per segment.
+    """
     header = read_header(stream)
     # SECURITY: the key commitment is checked, in constant time, before any segment is
     # decrypted, so a wrong DEK or identity never gets as far as AES-GCM.
@@ -467,16 +491,17 @@ def _verifying_pass(
     if not hmac.compare_digest(expected, header.commitment):
         raise IntegrityError("key commitment does not match (wrong key or identity)")
     cipher = SegmentCipher(dek, header, identity)
-    kept: list[bytes] | None = []
-    kept_size = 0
-    for plaintext in _open_segments(stream, cipher, header.segment_size):
-        if kept is not None:
-            kept_size += len(plaintext)
-            if kept_size > in_memory_limit:
-                kept = None  # too large to hold: a second pass will decrypt again
-            else:
-                kept.append(plaintext)
-    return header.encode(), kept
+    fitting = sealed_size(in_memory_limit, header.segment_size) - HEADER_SIZE
+    first = _read_exact(stream, fitting + 1)
+    if len(first) <= fitting:
+        kept = list(_open_segments(io.BytesIO(first), cipher, header.segment_size))
+        return header.encode(), kept
+    # Too large to keep: a second pass will decrypt again.
+    whole = _Concatenated(first, stream)
+    del first  # held by ``whole`` only until read
+    for _ in _open_segments(whole, cipher, header.segment_size):
+        pass
+    return header.encode(), None
 
 
 def _decrypting_pass(

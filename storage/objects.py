@@ -356,11 +356,12 @@ def make_s3_client(
 ) -> S3Client:
     """Build a boto3 S3 client for :class:`S3ObjectStore`.
 
-    Path-style addressing and signature v4 (what S3-compatible servers expect), short
-    timeouts and botocore's "standard" retry mode bounded by ``max_attempts`` (total
-    tries, including the first), so a dead endpoint fails in seconds rather than hanging
-    a request. ``endpoint_url=None`` means AWS; keys left as ``None`` fall back to the
-    default credential chain (environment, instance role).
+    Path-style addressing and signature v4 (what S3-compatible servers expect), no
+    checksum check of responses (see below), short timeouts and botocore's "standard"
+    retry mode bounded by ``max_attempts`` (total tries, including the first), so a dead
+    endpoint fails in seconds rather than hanging a request. ``endpoint_url=None`` means
+    AWS; keys left as ``None`` fall back to the default credential chain (environment,
+    instance role).
     """
     config = Config(
         region_name=region,
@@ -371,6 +372,10 @@ def make_s3_client(
         # botocore's own "max_attempts" counts retries only; "total_max_attempts"
         # counts every try, which is what this function's parameter means.
         retries={"mode": "standard", "total_max_attempts": max_attempts},
+        # Every object is AES-GCM sealed and authenticated in full before use, which
+        # catches any corruption a CRC32 of the response would, so reads skip that CRC.
+        # Uploads keep theirs: the server then refuses bytes damaged on the way in.
+        response_checksum_validation="when_required",
     )
     # A private session instead of boto3's module-level default one.
     session = boto3.session.Session()

@@ -546,6 +546,35 @@ def test_maybe_checkpoint_seals_in_batches_and_after_a_quiet_interval(
     assert sealed() == 6  # one pending, but for five minutes
 
 
+def test_maybe_checkpoint_asks_the_database_every_sixteenth_of_a_batch_or_each_second(
+    engine: Engine, tmp_path: Path
+) -> None:
+    clock = Clock(step=timedelta(0))
+    log = AuditLog(
+        engine,
+        CheckpointSigner.create(tmp_path / "key.pem", name=ORIGIN),
+        LocalObjectStore(tmp_path / "objects"),
+        clock,
+        origin=ORIGIN,
+        checkpoint_every=64,  # asks after every 4 events
+    )
+    log.record(sample_event(1))
+    assert _statements(engine, log.maybe_checkpoint) != ""  # the first call asks
+    asked = []
+    for i in range(2, 10):
+        log.record(sample_event(i))
+        asked.append(_statements(engine, log.maybe_checkpoint) != "")
+    assert asked == [False, False, False, True] * 2
+    assert _statements(engine, log.maybe_checkpoint) == ""
+    clock.now += timedelta(seconds=1)
+    assert _statements(engine, log.maybe_checkpoint) != ""  # a second later, it asks again
+    assert _statements(engine, log.maybe_checkpoint) == ""
+    clock.now += timedelta(minutes=5)
+    log.maybe_checkpoint()
+    latest = log.latest_checkpoint()
+    assert latest is not None and latest.checkpoint.tree_size == 9
+
+
 def test_no_checkpoint_is_recorded_without_its_object_store_copy(
     log: AuditLog, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,12 +13,18 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from folders.runtime import Runtime
 from tests.benchmarks.district import open_site, site_settings
 from tests.support.s3 import S3Service
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 RESULTS = Path(os.environ.get("SATCHEL_BENCH_RESULTS", "var/bench/results.json"))
 
@@ -110,3 +116,17 @@ def site(
     )
     yield runtime
     runtime.close()
+
+
+@pytest.fixture(scope="session")
+def raw_s3_client(s3_server: S3Service) -> S3Client:
+    """The baseline: boto3 as anyone would call it, in its stock configuration (checksums
+    included) but for the path-style addressing the test server needs."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name=s3_server.region,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        config=Config(s3={"addressing_style": "path"}),
+    )

@@ -103,7 +103,7 @@ def _parallel(workers: int, work: Callable[[int], object], count: int) -> float:
 @pytest.mark.slow
 def test_ingest_and_read_vs_raw_s3(
     site: Runtime,
-    s3_client: S3Client,
+    raw_s3_client: S3Client,
     s3_bucket: str,
     s3_prefix: str,
     tmp_path: Path,
@@ -143,13 +143,13 @@ def test_ingest_and_read_vs_raw_s3(
 
         def one(i: int) -> None:
             data = (corpus.directory / corpus.names[i]).read_bytes()
-            s3_client.put_object(Bucket=s3_bucket, Key=keys[i], Body=data)
+            raw_s3_client.put_object(Bucket=s3_bucket, Key=keys[i], Body=data)
 
         return _parallel(WORKERS, one, len(keys)), keys
 
     def raw_get(keys: list[str]) -> float:
         def one(i: int) -> None:
-            body = s3_client.get_object(Bucket=s3_bucket, Key=keys[i])["Body"]
+            body = raw_s3_client.get_object(Bucket=s3_bucket, Key=keys[i])["Body"]
             while body.read(64 * 1024):
                 pass
             body.close()
@@ -158,7 +158,7 @@ def test_ingest_and_read_vs_raw_s3(
 
     def drop_raw(keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            s3_client.delete_objects(
+            raw_s3_client.delete_objects(
                 Bucket=s3_bucket,
                 Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
             )

@@ -39,7 +39,7 @@ def documents(count: int) -> list[tuple[str, bytes]]:
 
 def test_pipeline_vs_raw_s3(
     s3_store: S3ObjectStore,
-    s3_client: object,
+    raw_s3_client: object,
     s3_bucket: str,
     s3_prefix: str,
     tmp_path: Path,
@@ -50,7 +50,7 @@ def test_pipeline_vs_raw_s3(
     total_mb = sum(len(d) for _, d in docs) / 1e6
     keyring = Keyring.create(tmp_path / "keyring.json", now=datetime.now(UTC))
     vault = Vault(s3_store, keyring, max_bytes=64 * 1024 * 1024, spool_dir=tmp_path)
-    client = s3_client
+    client = raw_s3_client
 
     def raw_put(tag: str) -> list[str]:
         keys = [f"{s3_prefix}raw/{tag}/{i}" for i in range(count)]

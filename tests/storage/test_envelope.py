@@ -394,6 +394,42 @@ class CountingOpener:
         return io.BytesIO(self.versions[min(self.calls, len(self.versions)) - 1])
 
 
+class ReadCounting(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        self.reads.append(len(chunk))
+        return chunk
+
+
+@pytest.mark.parametrize("size", [0, 1, DEFAULT_SEGMENT_SIZE, 3 * 1024 * 1024 + 5])
+def test_an_object_that_fits_in_memory_is_read_in_one_call_after_its_header(size: int) -> None:
+    plaintext = os.urandom(size)
+    sealed = seal(plaintext)
+    streams: list[ReadCounting] = []
+
+    def open_ciphertext() -> BinaryIO:
+        streams.append(ReadCounting(sealed))
+        return streams[-1]
+
+    assert b"".join(decrypt(open_ciphertext, DEK, IDENTITY, in_memory_limit=size)) == plaintext
+    # One stream; the reads that returned data: the header, then all the rest at once.
+    assert [[n for n in stream.reads if n] for stream in streams] == [
+        [HEADER_SIZE, len(sealed) - HEADER_SIZE]
+    ]
+
+
+def test_an_object_one_byte_too_large_to_keep_is_read_twice() -> None:
+    plaintext = os.urandom(3 * DEFAULT_SEGMENT_SIZE + 1)
+    opener_ = CountingOpener(seal(plaintext))
+    chunks = decrypt(opener_, DEK, IDENTITY, in_memory_limit=len(plaintext) - 1)
+    assert b"".join(chunks) == plaintext
+    assert opener_.calls == 2
+
+
 def test_large_object_is_verified_in_a_first_pass(large_object: tuple[bytes, bytes]) -> None:
     _, sealed = large_object
     corrupted = sealed[:-1] + bytes([sealed[-1] ^ 1])  # the last segment's tag
