@@ -22,7 +22,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -40,9 +42,10 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    union_all,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
@@ -85,6 +88,7 @@ T = TypeVar("T")
 _logger = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 500
+_MAX_BATCH = 64  # events committed together by record()
 _CHECK_INTERVAL = timedelta(seconds=1)  # maybe_checkpoint asks at least this often
 _STREAM_BATCH = 10_000
 
@@ -103,38 +107,30 @@ _ADVANCE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(last_leaf_hash=bindpar
 _INSERT_AND_ADVANCE = _ADVANCE_HEAD.add_cte(_INSERT_EVENT.cte("appended"))
 
 
-def _claim_and_insert(*, only_if_guessed: bool) -> Select[tuple[int, bytes, int]]:
+def _claim_and_insert() -> Select[tuple[int, bytes, int]]:
     """PostgreSQL's one-statement append of an entry computed on a guess of the head.
 
     The entry's row values and the guessed head (``guess_sequence``, ``guess_leaf``) are
-    the parameters. The INSERT copies the entry only when the head the UPDATE locked is
+    the parameters. The UPDATE increments the counter, taking the lock as
+    ``_NEXT_SEQUENCE`` does; the INSERT copies the entry only when the head it locked is
     the guessed one. The statement returns the counter after the UPDATE, the head's leaf
-    hash after it, and how many events were inserted (0 or 1).
-
-    ``only_if_guessed``: a wrong guess updates nothing and returns no row (for autocommit
-    mode). Otherwise a wrong guess still increments the counter, taking the lock as
-    ``_NEXT_SEQUENCE`` does, and leaves the leaf hash as that of the event before the
-    claimed number, for the caller to insert the right entry in a second statement.
+    hash after it, and how many events were inserted (0 or 1). A wrong guess leaves the
+    leaf hash as that of the event before the claimed number, for the caller to insert
+    the right entry in a second statement.
     """
     guessed = (HEAD.c.last_sequence == bindparam("guess_sequence")) & (
         HEAD.c.last_leaf_hash == bindparam("guess_leaf")
     )
-    if only_if_guessed:
-        claim_head = (
-            update(HEAD)
-            .where(HEAD.c.id == 1, guessed)
-            .values(last_sequence=HEAD.c.last_sequence + 1, last_leaf_hash=bindparam("leaf_hash"))
+    claim = (
+        update(HEAD)
+        .where(HEAD.c.id == 1)
+        .values(
+            last_sequence=HEAD.c.last_sequence + 1,
+            last_leaf_hash=case((guessed, bindparam("leaf_hash")), else_=HEAD.c.last_leaf_hash),
         )
-    else:
-        claim_head = (
-            update(HEAD)
-            .where(HEAD.c.id == 1)
-            .values(
-                last_sequence=HEAD.c.last_sequence + 1,
-                last_leaf_hash=case((guessed, bindparam("leaf_hash")), else_=HEAD.c.last_leaf_hash),
-            )
-        )
-    claim = claim_head.returning(HEAD.c.last_sequence, HEAD.c.last_leaf_hash).cte("claim")
+        .returning(HEAD.c.last_sequence, HEAD.c.last_leaf_hash)
+        .cte("claim")
+    )
     values = [bindparam(column.name, type_=column.type) for column in EVENTS.c]
     inserted = (
         insert(EVENTS)
@@ -157,8 +153,43 @@ def _claim_and_insert(*, only_if_guessed: bool) -> Select[tuple[int, bytes, int]
     )
 
 
-_CLAIM_AND_INSERT = _claim_and_insert(only_if_guessed=False)
-_INSERT_IF_GUESSED = _claim_and_insert(only_if_guessed=True)
+@functools.cache
+def _insert_all_if_guessed(count: int) -> Select[tuple[int]]:
+    """PostgreSQL's one-statement append of ``count`` chained entries, if the guess holds.
+
+    Parameters: ``guess_sequence`` and ``guess_leaf`` (the guessed head), ``last_leaf``
+    (the leaf hash of the last entry) and each entry's row values, suffixed ``_0`` to
+    ``_{count - 1}``. Only if the head is the guessed one does the UPDATE advance it by
+    ``count`` and the INSERT copy the entries; otherwise nothing changes and no row is
+    returned. The one row returned holds the number of events inserted.
+    """
+    claim = (
+        update(HEAD)
+        .where(
+            HEAD.c.id == 1,
+            HEAD.c.last_sequence == bindparam("guess_sequence"),
+            HEAD.c.last_leaf_hash == bindparam("guess_leaf"),
+        )
+        .values(last_sequence=HEAD.c.last_sequence + count, last_leaf_hash=bindparam("last_leaf"))
+        .returning(HEAD.c.last_sequence)
+        .cte("claim")
+    )
+    rows = [
+        select(
+            *(bindparam(f"{column.name}_{i}", type_=column.type) for column in EVENTS.c)
+        ).select_from(claim)
+        for i in range(count)
+    ]
+    inserted = (
+        insert(EVENTS)
+        .from_select([column.name for column in EVENTS.c], union_all(*rows))
+        .returning(EVENTS.c.sequence)
+        .cte("inserted")
+    )
+    return select(select(func.count()).select_from(inserted).scalar_subquery()).select_from(claim)
+
+
+_CLAIM_AND_INSERT = _claim_and_insert()
 _LOG_SIZE = select(func.coalesce(func.max(EVENTS.c.sequence), 0))
 _LATEST_NOTE = select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)
 _PENDING = select(
@@ -261,6 +292,21 @@ def _reason(error: Exception) -> str:
     return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """An event handed to :meth:`AuditLog.record`, waiting for its batch to commit."""
+
+    event: Event
+    values: tuple[str | None, ...]
+    outcome: RecordedEvent | AuditUnavailable | None = None
+
+
+def _unavailable(error: Exception) -> AuditUnavailable:
+    unavailable = AuditUnavailable(f"the audit event could not be written: {_reason(error)}")
+    unavailable.__cause__ = error
+    return unavailable
+
+
 class AuditLog:
     """The append-only, tamper-evident audit log (DESIGN §6).
 
@@ -316,6 +362,11 @@ class AuditLog:
         self._checked_at: datetime | None = None
         self._appended_since_check = 0
         self._check_after = max(1, checkpoint_every // 16)
+        # Group commit (see record): the events waiting to be written, and whether a
+        # caller is writing a batch now; both guarded by _batching.
+        self._batching = threading.Condition()
+        self._queue: list[_Waiting] = []
+        self._writing = False
 
     # Appending --------------------------------------------------------------------------
 
@@ -331,29 +382,83 @@ class AuditLog:
         exception does that), so the action it records does not happen.
         """
         try:
-            return self._append(session.connection(), event)
+            return self._append(session.connection(), event, event_values(event))
         except (SQLAlchemyError, ValueError) as e:
             raise AuditUnavailable(f"the audit event could not be written: {_reason(e)}") from e
 
     def record(self, event: Event) -> RecordedEvent:
         """Write ``event`` in a transaction of its own (views, failed logins, denials).
 
-        Returns once the event is committed. Raises :class:`AuditUnavailable`.
+        Returns once the event is committed. Concurrent calls on this object share
+        their commits (group commit): one caller writes every event waiting at that
+        moment, up to ``_MAX_BATCH``, in one transaction while the others wait for it,
+        so the sequence lock is taken once per batch rather than once per event.
+        Raises :class:`AuditUnavailable`; when a batch cannot be written, each of its
+        callers gets the error, except that an event the database refuses on its own
+        (a constraint or value error) is written alone, failing only its caller.
         """
         try:
-            if self._engine.dialect.name == "postgresql" and self._guess_held:
-                with self._engine.connect() as connection:
-                    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-                    recorded = self._append_if_guessed(autocommit, event)
-                if recorded is not None:
-                    return recorded
-            with self._engine.begin() as connection:
-                return self._append(connection, event)
-        except (SQLAlchemyError, ValueError) as e:
-            raise AuditUnavailable(f"the audit event could not be written: {_reason(e)}") from e
+            waiting = _Waiting(event, event_values(event))
+        except ValueError as e:
+            raise _unavailable(e) from e
+        with self._batching:
+            self._queue.append(waiting)
+        while True:
+            with self._batching:
+                while self._writing and waiting.outcome is None:
+                    self._batching.wait()
+                if waiting.outcome is not None:
+                    break
+                batch = self._queue[:_MAX_BATCH]
+                del self._queue[:_MAX_BATCH]
+                self._writing = True
+            outcomes: list[RecordedEvent | AuditUnavailable] = []
+            try:
+                outcomes = self._write_batch(batch)
+            finally:
+                with self._batching:
+                    for pending, outcome in itertools.zip_longest(batch, outcomes):
+                        pending.outcome = (
+                            AuditUnavailable("the audit event's writer was interrupted")
+                            if outcome is None
+                            else outcome
+                        )
+                    self._writing = False
+                    self._batching.notify_all()
+        if isinstance(waiting.outcome, AuditUnavailable):
+            raise waiting.outcome
+        return waiting.outcome
 
-    def _append(self, connection: Connection, event: Event) -> RecordedEvent:
-        values = event_values(event)
+    def _write_batch(self, batch: list[_Waiting]) -> list[RecordedEvent | AuditUnavailable]:
+        """Commit ``batch`` in one transaction and return each event's outcome.
+
+        Raises only what is not a database or value error (an interruption).
+        """
+        try:
+            return list(self._commit(batch))
+        except (IntegrityError, DataError) as e:
+            if len(batch) == 1:
+                return [_unavailable(e)]
+        except (SQLAlchemyError, ValueError) as e:
+            return [_unavailable(e) for _ in batch]
+        # The database refused one of the events: write each alone, so only it fails.
+        return [outcome for pending in batch for outcome in self._write_batch([pending])]
+
+    def _commit(self, batch: list[_Waiting]) -> list[RecordedEvent]:
+        """Append ``batch`` in order, in one transaction. Raises SQLAlchemyError, ValueError."""
+        if self._engine.dialect.name == "postgresql" and self._guess_held:
+            with self._engine.connect() as connection:
+                autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+                recorded = self._append_all_if_guessed(autocommit, batch)
+            if recorded is not None:
+                return recorded
+        with self._engine.begin() as connection:
+            return [self._append(connection, pending.event, pending.values) for pending in batch]
+
+    def _append(
+        self, connection: Connection, event: Event, values: tuple[str | None, ...]
+    ) -> RecordedEvent:
+        """Append one event in ``connection``'s transaction."""
         if connection.dialect.name == "postgresql":
             recorded = self._append_guessing(connection, event, values)
         else:
@@ -367,23 +472,35 @@ class AuditLog:
         self._appended_since_check += 1
         return recorded
 
-    def _append_if_guessed(self, connection: Connection, event: Event) -> RecordedEvent | None:
-        """Append in one statement if the head is still our last event; else change nothing.
+    def _append_all_if_guessed(
+        self, connection: Connection, batch: list[_Waiting]
+    ) -> list[RecordedEvent] | None:
+        """Append ``batch`` in one statement if the head is still our last event.
 
         The statement commits by itself: ``connection`` must be in autocommit mode.
-        Returns None (nothing written) when there is no guess or it is wrong.
+        Returns None, having written nothing, when there is no guess or it is wrong.
         """
         guess = self._last_appended  # SECURITY: before the clock, as in _append_guessing
         if guess is None:
             return None
         guess_sequence, guess_leaf = guess
-        recorded, row = self._entry(guess_sequence + 1, guess_leaf, event, event_values(event))
-        row.update(guess_sequence=guess_sequence, guess_leaf=guess_leaf)
-        if connection.execute(_INSERT_IF_GUESSED, row).one_or_none() is None:
+        parameters: dict[str, Any] = {"guess_sequence": guess_sequence, "guess_leaf": guess_leaf}
+        recorded: list[RecordedEvent] = []
+        previous = guess_leaf
+        for i, pending in enumerate(batch):
+            entry, row = self._entry(
+                guess_sequence + 1 + i, previous, pending.event, pending.values
+            )
+            parameters.update({f"{name}_{i}": value for name, value in row.items()})
+            recorded.append(entry)
+            previous = entry.leaf_hash
+        parameters["last_leaf"] = previous
+        statement = _insert_all_if_guessed(len(batch))
+        if connection.execute(statement, parameters).one_or_none() is None:
             self._guess_held = False
             return None
-        self._last_appended = (recorded.sequence, recorded.leaf_hash)
-        self._appended_since_check += 1
+        self._last_appended = (recorded[-1].sequence, recorded[-1].leaf_hash)
+        self._appended_since_check += len(batch)
         return recorded
 
     def _append_guessing(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,30 @@ from storage.ingest import SealedRef, Spool, StoredFile, Vault
 
 _SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
+
+# The two reads of every open, built once: building a statement costs more than running it.
+_DOCUMENT_AND_VERSIONS = (
+    select(Document, DocumentVersion)
+    .outerjoin(DocumentVersion, DocumentVersion.document_id == Document.id)
+    .where(Document.id == bindparam("document_id"))
+    .order_by(DocumentVersion.number.desc())
+)
+# The guardian's link to the student with the grants that could cover the document.
+_LINK_AND_GRANTS = (
+    select(Guardianship, Grant)
+    .outerjoin(
+        Grant,
+        and_(
+            Grant.guardian_id == Guardianship.guardian_id,
+            Grant.student_id == Guardianship.student_id,
+            or_(Grant.document_id.is_(None), Grant.document_id == bindparam("document_id")),
+        ),
+    )
+    .where(
+        Guardianship.guardian_id == bindparam("guardian_id"),
+        Guardianship.student_id == bindparam("student_id"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -430,23 +454,15 @@ class Documents:
     def _resource(self, session: Session, actor: Actor, document: Document) -> Resource:
         if actor.role is not Role.GUARDIAN or actor.user_id is None:
             return Resource(document.student_id, document.id, document.category)
-        # One statement: the guardian's link to the student with the grants that could
-        # cover this document. Without a link there is nothing to decide on (the policy
-        # refuses a non-guardian whatever the grants), so no row is needed then.
+        # One statement. Without a link there is nothing to decide on (the policy refuses
+        # a non-guardian whatever the grants), so no row is needed then.
         rows = session.execute(
-            select(Guardianship, Grant)
-            .outerjoin(
-                Grant,
-                and_(
-                    Grant.guardian_id == Guardianship.guardian_id,
-                    Grant.student_id == Guardianship.student_id,
-                    or_(Grant.document_id.is_(None), Grant.document_id == document.id),
-                ),
-            )
-            .where(
-                Guardianship.guardian_id == actor.user_id,
-                Guardianship.student_id == document.student_id,
-            )
+            _LINK_AND_GRANTS,
+            {
+                "document_id": document.id,
+                "guardian_id": actor.user_id,
+                "student_id": document.student_id,
+            },
         ).all()
         link = GuardianLink(rows[0][0].restricted, rows[0][0].ended_at) if rows else None
         return Resource(
@@ -462,12 +478,7 @@ class Documents:
         session: Session, document_id: uuid.UUID
     ) -> tuple[Document | None, list[DocumentVersion]]:
         """The document and its versions, newest first, in one statement."""
-        rows = session.execute(
-            select(Document, DocumentVersion)
-            .outerjoin(DocumentVersion, DocumentVersion.document_id == Document.id)
-            .where(Document.id == document_id)
-            .order_by(DocumentVersion.number.desc())
-        ).all()
+        rows = session.execute(_DOCUMENT_AND_VERSIONS, {"document_id": document_id}).all()
         if not rows:
             return None, []
         return rows[0][0], [version for _, version in rows if version is not None]

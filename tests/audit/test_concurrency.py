@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy import event as sqlalchemy_event
 
+from audit.errors import AuditUnavailable
 from audit.events import Action, Event, Outcome
+from audit.log import AuditLog
 from folders.db import make_engine
 from tests.audit.test_tamper import make_log
 from tests.support.db import PostgresServer
@@ -153,3 +159,158 @@ def test_verify_runs_correctly_while_events_are_appended(engine: Engine, tmp_pat
         assert report.ok, report.detail
         assert report.warnings == ()
     assert checker.verify().events_checked == 200
+
+
+# --- group commit: threads sharing one log --------------------------------------------------
+
+
+def test_threads_sharing_one_log_keep_a_gapless_chain_in_each_threads_order(
+    engine: Engine, tmp_path: Path
+) -> None:
+    log = make_log(engine, tmp_path)
+    start = threading.Barrier(WRITERS)
+    recorded: dict[int, list[int]] = {}
+    failures: list[BaseException] = []
+
+    def write(writer: int) -> None:
+        try:
+            start.wait()
+            mine = []
+            for number in range(100):
+                event = _event(writer, number)
+                entry = log.record(event)
+                assert entry.event == event  # each caller gets its own event back
+                mine.append(entry.sequence)
+            recorded[writer] = mine
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    _assert_gapless_and_in_each_writers_order(engine, WRITERS, 100)
+    assert sorted(s for mine in recorded.values() for s in mine) == list(
+        range(1, WRITERS * 100 + 1)
+    )
+    log.checkpoint()
+    report = make_log(engine, tmp_path).verify()
+    assert report.ok, report.detail
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _lock_waiters(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one()
+        )
+
+
+@contextmanager
+def _head_locked(engine: Engine) -> Iterator[None]:
+    """Hold the sequence lock from another connection, as a slow writer would."""
+    with engine.connect() as connection, connection.begin():
+        connection.execute(text("SELECT * FROM audit_head FOR UPDATE"))
+        yield
+
+
+def _record_in_threads(
+    log: AuditLog, events: list[Event]
+) -> tuple[list[threading.Thread], list[Any]]:
+    """Start one thread per event, each recording it; the list fills with the outcomes."""
+    outcomes: list[Any] = [None] * len(events)
+
+    def record(i: int) -> None:
+        try:
+            outcomes[i] = log.record(events[i])
+        except AuditUnavailable as e:
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(len(events))]
+    for thread in threads:
+        thread.start()
+    return threads, outcomes
+
+
+@pytest.mark.postgres
+def test_events_recorded_while_a_commit_is_in_flight_are_committed_together(
+    postgres_engine: Engine, tmp_path: Path
+) -> None:
+    log = make_log(postgres_engine, tmp_path)
+    log.record(_event(0, 0))  # from here on, its guess of the head holds
+    statements: list[str] = []
+    sqlalchemy_event.listen(
+        postgres_engine, "before_cursor_execute", lambda *_: statements.append("S")
+    )
+    other = make_engine(postgres_engine.url)  # the blocker's and observer's statements
+    with _head_locked(other):
+        first, first_outcome = _record_in_threads(log, [_event(1, 0)])
+        _wait_for(lambda: _lock_waiters(other) == 1, "the first writer to block")
+        rest, outcomes = _record_in_threads(log, [_event(2, n) for n in range(5)])
+        # The five queue behind the commit in flight (none of them reaches the database).
+        _wait_for(lambda: len(log._queue) == 5, "five events to queue")
+        assert statements == ["S"]
+    for thread in first + rest:
+        thread.join()
+    other.dispose()
+    # One statement for the first event, one for the five that waited.
+    assert statements == ["S", "S"]
+    assert [o.sequence for o in first_outcome + outcomes] == [2, 3, 4, 5, 6, 7]
+    assert [o.event for o in outcomes] == [_event(2, n) for n in range(5)]
+    log.checkpoint()
+    report = log.verify()
+    assert report.ok, report.detail
+    assert report.events_checked == 7
+
+
+@pytest.mark.postgres
+def test_an_event_the_database_refuses_fails_alone_and_its_batch_is_committed(
+    postgres_engine: Engine, tmp_path: Path
+) -> None:
+    with postgres_engine.begin() as connection:
+        # A stand-in for any constraint a row can break: refuse one detail.
+        connection.execute(
+            text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.detail = 'refused' THEN RAISE check_violation USING MESSAGE = 'refused'; "
+                "END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        )
+    log = make_log(postgres_engine, tmp_path)
+    log.record(_event(0, 0))
+    events = [_event(1, n) for n in range(4)]
+    events[2] = Event(Action.DOCUMENT_VIEW, Outcome.ALLOWED, detail="refused")
+    other = make_engine(postgres_engine.url)
+    with _head_locked(other):
+        first, _ = _record_in_threads(log, [_event(0, 1)])
+        _wait_for(lambda: _lock_waiters(other) == 1, "the first writer to block")
+        rest, outcomes = _record_in_threads(log, events)
+        _wait_for(lambda: len(log._queue) == 4, "four events to queue")
+    for thread in first + rest:
+        thread.join()
+    other.dispose()
+    assert isinstance(outcomes[2], AuditUnavailable)
+    assert "refused" in str(outcomes[2])
+    kept = [o for i, o in enumerate(outcomes) if i != 2]
+    assert [o.event for o in kept] == [events[0], events[1], events[3]]
+    assert [o.sequence for o in kept] == [3, 4, 5]
+    log.checkpoint()
+    report = log.verify()
+    assert report.ok, report.detail
+    assert report.events_checked == 5
