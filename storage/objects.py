@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import boto3.session
 from boto3.s3.transfer import TransferConfig
@@ -71,7 +71,6 @@ _PREFIX = re.compile(rf"(?:{_SEGMENT}/)*(?:{_SEGMENT})?")
 _MAX_KEY_LENGTH = 512
 
 _COPY_CHUNK = 1024 * 1024
-_READ_BUFFER = 64 * 1024
 # S3 allows at most 10,000 parts per multipart upload and 1,000 keys per DeleteObjects.
 _MAX_PARTS = 10_000
 _MAX_DELETE_KEYS = 1000
@@ -508,7 +507,8 @@ class S3ObjectStore(ObjectStore):
             response = self._client.get_object(Bucket=self._bucket, Key=self._full_key(key))
         except (BotoCoreError, ClientError) as e:
             raise self._error(e, "read", key) from e
-        return io.BufferedReader(_S3Body(response["Body"], self, key), _READ_BUFFER)
+        # A buffered binary stream, which is what BinaryIO describes.
+        return cast(BinaryIO, _S3Body(response["Body"], self, key))
 
     def head(self, key: str) -> ObjectInfo:
         try:
@@ -648,8 +648,13 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _S3Body(io.RawIOBase):
-    """A botocore streaming body as a raw binary stream whose failures are ours."""
+class _S3Body(io.BufferedIOBase):
+    """A botocore streaming body as a binary stream whose failures are ours.
+
+    Reads go straight to the body, which is buffered below (by http.client), so reading
+    a whole object takes one allocation and one copy rather than going through a buffer
+    of the size asked for.
+    """
 
     def __init__(self, body: StreamingBody, store: S3ObjectStore, key: str) -> None:
         super().__init__()
@@ -660,12 +665,20 @@ class _S3Body(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.closed:
+            raise ValueError("read from a closed object stream")
         try:
-            data = self._body.read(len(view))
+            return self._body.read(None if size is None or size < 0 else size)
         except BotoCoreError as e:
             raise self._store._error(e, "read", self._key) from e
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
         view[: len(data)] = data
         return len(data)
 

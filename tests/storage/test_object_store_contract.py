@@ -15,6 +15,7 @@ import random
 import stat
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -383,6 +384,25 @@ class TestS3Specifics:
             response.release_conn()
         assert raw == data
         assert minio_client.stat_object(s3_bucket, f"{s3_prefix}docs/proof").etag == info.etag
+
+    def test_reading_more_than_an_object_holds_costs_only_the_object(
+        self, s3_store: S3ObjectStore
+    ) -> None:
+        """decrypt reads a small object in one call sized for the largest it could keep;
+        the read must not allocate that size."""
+        data = random.Random(5).randbytes(300_000)
+        s3_store.put("docs/small", io.BytesIO(data))
+        with s3_store.open("docs/small") as stream:
+            assert stream.read(10) == data[:10]
+            tracemalloc.start()
+            try:
+                rest = stream.read(64 * MIB)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert stream.read(1) == b""
+        assert rest == data[10:]
+        assert peak < 3 * len(data)
 
     def test_failed_multipart_upload_is_aborted(
         self, s3_server: S3Service, s3_bucket: str, s3_prefix: str
