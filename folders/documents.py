@@ -37,28 +37,36 @@ from storage.ingest import SealedRef, Spool, StoredFile, Vault
 _SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
 
-# The two reads of every open, built once: building a statement costs more than running it.
+# The read of every open, built once: building a statement costs more than running it.
 _DOCUMENT_AND_VERSIONS = (
     select(Document, DocumentVersion)
     .outerjoin(DocumentVersion, DocumentVersion.document_id == Document.id)
     .where(Document.id == bindparam("document_id"))
     .order_by(DocumentVersion.number.desc())
 )
-# The guardian's link to the student with the grants that could cover the document.
-_LINK_AND_GRANTS = (
-    select(Guardianship, Grant)
+# For a guardian, the same with their link to the student and the grants that could
+# cover the document: one row per version and grant (or link, or nothing), all outer
+# joins, so the document comes back whatever the guardian may see.
+_DOCUMENT_FOR_GUARDIAN = (
+    select(Document, DocumentVersion, Guardianship, Grant)
+    .outerjoin(DocumentVersion, DocumentVersion.document_id == Document.id)
+    .outerjoin(
+        Guardianship,
+        and_(
+            Guardianship.student_id == Document.student_id,
+            Guardianship.guardian_id == bindparam("guardian_id"),
+        ),
+    )
     .outerjoin(
         Grant,
         and_(
             Grant.guardian_id == Guardianship.guardian_id,
             Grant.student_id == Guardianship.student_id,
-            or_(Grant.document_id.is_(None), Grant.document_id == bindparam("document_id")),
+            or_(Grant.document_id.is_(None), Grant.document_id == Document.id),
         ),
     )
-    .where(
-        Guardianship.guardian_id == bindparam("guardian_id"),
-        Guardianship.student_id == bindparam("student_id"),
-    )
+    .where(Document.id == bindparam("document_id"))
+    .order_by(DocumentVersion.number.desc())
 )
 
 
@@ -327,15 +335,22 @@ class Documents:
             raise InvalidInput("Staff must give a purpose for opening a record.")
         now = self._clock()
         with reading_session(self._engine) as session:
-            document, versions = self._document_and_versions(session, document_id)
+            if is_staff or actor.user_id is None:
+                document, versions = self._document_and_versions(session, document_id)
+                resource = (
+                    Resource(document.student_id, document.id, document.category)
+                    if document is not None
+                    else Resource()
+                )
+            else:
+                document, versions, resource = self._document_for_guardian(
+                    session, actor.user_id, document_id
+                )
             version = (
                 next((v for v in versions if v.id == version_id), None)
                 if (version_id)
                 else (versions[0] if versions else None)
             )
-            resource = Resource()
-            if document is not None:
-                resource = self._resource(session, actor, document)
             if document is not None and not is_staff and version is not versions[0]:
                 version = None  # SECURITY: guardians see the current version only
         decision = decide(actor, Permission.VIEW_DOCUMENT, resource, now)
@@ -451,27 +466,37 @@ class Documents:
         if not decide(actor, permission, Resource(), self._clock()).allowed:
             raise Forbidden()
 
-    def _resource(self, session: Session, actor: Actor, document: Document) -> Resource:
-        if actor.role is not Role.GUARDIAN or actor.user_id is None:
-            return Resource(document.student_id, document.id, document.category)
-        # One statement. Without a link there is nothing to decide on (the policy refuses
-        # a non-guardian whatever the grants), so no row is needed then.
+    @staticmethod
+    def _document_for_guardian(
+        session: Session, guardian_id: uuid.UUID, document_id: uuid.UUID
+    ) -> tuple[Document | None, list[DocumentVersion], Resource]:
+        """The document, its versions newest first, and what the policy needs to decide
+        on ``guardian_id`` seeing it: their link to the student and the grants that could
+        cover it (none without a link: the policy refuses a non-guardian whatever the
+        grants). One statement."""
         rows = session.execute(
-            _LINK_AND_GRANTS,
-            {
-                "document_id": document.id,
-                "guardian_id": actor.user_id,
-                "student_id": document.student_id,
-            },
+            _DOCUMENT_FOR_GUARDIAN, {"document_id": document_id, "guardian_id": guardian_id}
         ).all()
-        link = GuardianLink(rows[0][0].restricted, rows[0][0].ended_at) if rows else None
-        return Resource(
+        if not rows:
+            return None, [], Resource()
+        document = rows[0][0]
+        # The session maps each row to one object, so repeats are the same object.
+        versions = list(dict.fromkeys(v for _, v, _, _ in rows if v is not None))
+        grants = dict.fromkeys(grant for _, _, _, grant in rows if grant is not None)
+        guardianship = rows[0][2]
+        link = (
+            GuardianLink(guardianship.restricted, guardianship.ended_at)
+            if guardianship is not None
+            else None
+        )
+        resource = Resource(
             document.student_id,
             document.id,
             document.category,
             link=link,
-            grants=tuple(_grant_facts(grant) for _, grant in rows if grant is not None),
+            grants=tuple(_grant_facts(grant) for grant in grants),
         )
+        return document, versions, resource
 
     @staticmethod
     def _document_and_versions(

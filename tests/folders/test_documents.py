@@ -269,3 +269,41 @@ def test_a_spooled_upload_is_stored_with_the_spool_digest(runtime: Runtime, cast
     assert info.current.sha256 == spool.sha256 == hashlib.sha256(data).hexdigest()
     opened = runtime.documents.open(cast.registrar, info.id, purpose="records review")
     assert b"".join(opened.chunks) == data
+
+
+def test_a_guardian_open_sees_the_current_version_whatever_the_number_of_grants(
+    runtime: Runtime, cast: Cast
+) -> None:
+    # The guardian's open reads versions and grants in one joined statement, one row per
+    # version and grant: repeats must neither duplicate nor drop either.
+    info, _ = upload_pdf(runtime, cast, cast.child, "Report card", Category.REPORT_CARD)
+    for n in (2, 3):
+        current = samples.make_pdf(pages=1, text=f"version {n}")
+        runtime.documents.upload_version(cast.registrar, info.id, io.BytesIO(current), f"v{n}.pdf")
+    grants = [
+        runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER),
+        runtime.grants.grant(
+            cast.registrar,
+            cast.parent.email,
+            cast.child.id,
+            GrantScope.CATEGORY,
+            category=Category.REPORT_CARD,
+        ),
+        runtime.grants.grant(
+            cast.registrar,
+            cast.parent.email,
+            cast.child.id,
+            GrantScope.DOCUMENT,
+            document_id=info.id,
+        ),
+    ]
+    opened = runtime.documents.open(cast.parent, info.id)
+    assert b"".join(opened.chunks) == current
+    assert opened.version.number == 3
+    assert [v.number for v in opened.document.versions] == [3, 2, 1]
+    for grant in grants[:2]:
+        runtime.grants.revoke(cast.registrar, grant.id, "Narrowed")
+    assert read(runtime, cast, info.id) == current  # the document grant still covers it
+    runtime.grants.revoke(cast.registrar, grants[2].id, "Ended")
+    with pytest.raises(NotFound):
+        read(runtime, cast, info.id)
