@@ -1,7 +1,9 @@
 """Audit log benchmark: appends per second and verification speed, SQLite and PostgreSQL.
 
 Appends go through ``AuditLog.record`` (one transaction per event, as a request makes)
-with 1 and 4 concurrent writers; the baseline is a plain INSERT of the same row into a
+with 1 and 4 concurrent writers, each with a log of its own (as server processes have),
+and with 4 threads sharing one log (as the threads of one process do, which commit
+together); the baseline is a plain INSERT of the same row into a
 table with the same columns, no trigger, lock or hashing, sent on its own in autocommit
 mode (the cheapest durable insert), measured in the same run, the two interleaved round
 by round in alternating order. Verification runs over a log of 600,000 events
@@ -111,11 +113,15 @@ def _concurrently(writers: int, total: int, work: Callable[[int, int], None]) ->
 
 
 def _bench_appends(
-    engine: Engine, directory: Path, writers: int, appends: int, rounds: int
+    engine: Engine, directory: Path, writers: int, appends: int, rounds: int, *, shared: bool
 ) -> tuple[list[float], list[float]]:
-    """Audit appends/s and plain INSERTs/s of each round, interleaved."""
+    """Audit appends/s and plain INSERTs/s of each round, interleaved.
+
+    Each writer has an ``AuditLog`` of its own, as each server process has, or with
+    ``shared`` they all use one, as the threads of one process do (group commit).
+    """
     # The baseline: the same columns, indexes and bytes, inserted with nothing else.
-    name = f"bench_plain_{writers}"
+    name = f"bench_plain_{writers}_{'shared' if shared else 'own'}"
     plain = Table(
         name,
         MetaData(),
@@ -127,7 +133,8 @@ def _bench_appends(
     sample = _log(engine, directory).record(sample_event(1))
     row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, event_values(sample.event), strict=True))
     row.update(recorded_at=sample.recorded_at, entry=sample.entry, leaf_hash=sample.leaf_hash)
-    logs = [_log(engine, directory) for _ in range(writers)]
+    one = _log(engine, directory)
+    logs = [one if shared else _log(engine, directory) for _ in range(writers)]
     events = [sample_event(i) for i in range(16)]
 
     def audit_append(writer: int, i: int) -> None:
@@ -226,29 +233,33 @@ def test_audit_benchmark(engines: dict[str, Engine], tmp_path: Path, results: Re
             note="the same in one process (satchel audit verify --jobs 1)",
         )
         # Appends then extend that log, as they would in a school's long-lived one.
-        for writers in (1, 4):
+        for writers, shared in ((1, False), (4, False), (4, True)):
             audit, plain = _bench_appends(
-                engine, directory, writers, sizes["appends"], sizes["rounds"]
+                engine, directory, writers, sizes["appends"], sizes["rounds"], shared=shared
             )
             ratios = [a / p for a, p in zip(audit, plain, strict=True)]
             what = f"{database}, {writers} writer{'s' if writers > 1 else ''}"
-            goal = f"; goal ≥ {GOAL_APPENDS_PER_S:,}" if (short, writers) == ("pg", 1) else ""
+            key = f"{short}_{writers}"
+            if shared:
+                what = f"{database}, {writers} threads sharing one log (group commit)"
+                key += "_shared"
+            goal = f"; goal ≥ {GOAL_APPENDS_PER_S:,}" if key == "pg_1" else ""
             results.add(
-                f"audit_appends_per_s_{short}_{writers}",
+                f"audit_appends_per_s_{key}",
                 median(audit),
                 "appends/s",
                 samples=audit,
                 note=f"AuditLog.record, {what}, {sizes['appends']} per round{goal}",
             )
             results.add(
-                f"audit_plain_inserts_per_s_{short}_{writers}",
+                f"audit_plain_inserts_per_s_{key}",
                 median(plain),
                 "inserts/s",
                 samples=plain,
                 note=f"plain INSERT of the same row, {what}",
             )
             results.add(
-                f"audit_append_ratio_{short}_{writers}",
+                f"audit_append_ratio_{key}",
                 median(ratios),
                 "x plain",
                 samples=ratios,
