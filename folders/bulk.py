@@ -2,14 +2,16 @@
 
 The manifest has the columns ``student_id, category, title, school_year, document_date,
 path`` (any order; ``path`` is relative to the manifest's directory). Each valid row is
-stored through the same pipeline as an upload in the browser (:meth:`Documents.upload`:
-inspection, encryption, the object store, the document rows and the audit event in one
-transaction). ``docs/bulk-ingest.md`` describes the design; in short:
+stored as an upload in the browser is: the vault inspects, encrypts and stores the file,
+then :meth:`Documents.add_stored` commits the rows and the audit event in one
+transaction, as :meth:`Documents.upload` does. ``docs/bulk-ingest.md`` describes the
+design; in short:
 
 - **Idempotent.** Every row has an *ingest key*: the SHA-256 of its student, metadata and
   file contents. It is stored on the document (``documents.ingest_key``, unique) in the
   same transaction as the document, so a row whose key exists is "already stored", and
-  running a manifest again stores only what is missing.
+  running a manifest again stores only what is missing. A run reads the keys stored for
+  a student once, with the student's first row.
 - **No orphans after a crash.** Before an object is put, an empty *intent marker* is put
   under ``ingest-intents/<object key>``; it is removed once the row is settled (the
   markers of committed rows in batches). A run killed between the put and the commit
@@ -43,7 +45,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, Select, bindparam, select, text
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -51,12 +53,12 @@ from audit.errors import AuditError
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.categories import Category
-from folders.db import reading_session
 from folders.documents import Documents, check_school_year, parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide
 from folders.students import StudentInfo, Students, clean_text
+from storage.envelope import ObjectIdentity
 from storage.errors import ContentRejected, StorageError, StorageUnavailable
 from storage.ingest import Spool, Vault
 from storage.objects import ObjectInfo, ObjectStore
@@ -76,6 +78,14 @@ _MARKER_BATCH = 100
 # Any two 64-bit numbers would do; this one is the start of SHA-256("satchel bulk ingest").
 _ADVISORY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"satchel bulk ingest").digest()[:8], "big", signed=True
+)
+# The statements of every row, built once: building one costs more than running it.
+_DOCUMENT_WITH_KEY = select(Document.id).where(Document.ingest_key == bindparam("key"))
+_KEYS_OF_STUDENT = select(Document.ingest_key, Document.id).where(
+    Document.student_id == bindparam("student_id"), Document.ingest_key.is_not(None)
+)
+_VERSION_OF_OBJECT = select(DocumentVersion.id).where(
+    DocumentVersion.object_key == bindparam("object_key")
 )
 
 
@@ -397,6 +407,7 @@ class BulkIngest:
         self._vault = vault
         self._students = students
         self._clock = clock
+        self._documents = Documents(engine, audit, vault, clock)
         self._lock_wait = lock_wait_seconds
         self._monotonic = monotonic
         self._sleep = sleep
@@ -425,11 +436,7 @@ class BulkIngest:
         """
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        if (
-            actor.user_id is None
-            or not decide(actor, Permission.MANAGE_FOLDER, Resource(), self._clock()).allowed
-        ):
-            raise Forbidden("Bulk ingest is done as a registrar account (use --as EMAIL).")
+        self._require_registrar(actor)
         results: list[RowResult] = []
 
         def emit(result: RowResult) -> None:
@@ -445,8 +452,9 @@ class BulkIngest:
             for rejection in manifest.rejected:
                 emit(rejection)
             settled = _SettledMarkers(self._vault.store)
+            stored = _StoredKeys(self._engine)
             try:
-                stopped_by = self._run_rows(actor, manifest, workers, emit, settled)
+                stopped_by = self._run_rows(actor, manifest, workers, emit, settled, stored)
             finally:
                 settled.flush()
             seconds = self._monotonic() - started
@@ -459,11 +467,13 @@ class BulkIngest:
         workers: int,
         emit: Callable[[RowResult], None],
         settled: _SettledMarkers,
+        stored: _StoredKeys,
     ) -> str | None:
         stopped_by: str | None = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
             futures: dict[Future[RowResult], ManifestRow] = {
-                pool.submit(self._ingest_row, actor, row, settled): row for row in manifest.rows
+                pool.submit(self._ingest_row, actor, row, settled, stored): row
+                for row in manifest.rows
             }
             try:
                 for future in as_completed(futures):
@@ -518,22 +528,27 @@ class BulkIngest:
         installation fails, Forbidden for an actor who may not upload; whatever happens,
         no object outlives the call without a document version or an intent marker.
         """
+        self._require_registrar(actor)
         settled = _SettledMarkers(self._vault.store)
         try:
-            return self._ingest_row(actor, row, settled)
+            # No run lock is held here, so nothing is kept: the key is looked up now.
+            return self._ingest_row(actor, row, settled, _StoredKeys(self._engine, per_row=True))
         finally:
             settled.flush()
 
-    def _ingest_row(self, actor: Actor, row: ManifestRow, settled: _SettledMarkers) -> RowResult:
-        """``ingest_one``, leaving the markers of committed rows to ``settled``."""
+    def _ingest_row(
+        self, actor: Actor, row: ManifestRow, settled: _SettledMarkers, stored: _StoredKeys
+    ) -> RowResult:
+        """``ingest_one``, leaving the markers of committed rows to ``settled`` and
+        looking the row's key up in ``stored``."""
         try:
             student = self._student(actor, row.student_id)
             with self._spooled(row) as spool:
                 key = ingest_key(row, spool.sha256)
-                existing = self._document_with_key(key)
+                existing = stored.find(student.id, key)
                 if existing is not None:
                     return _done(row, RowOutcome.ALREADY_STORED, existing)
-                return self._store(actor, student, row, spool, key, settled)
+                return self._store(actor, student, row, spool, key, settled, stored)
         except _RowRejected as e:
             return RowResult(row.line, row.cells, RowOutcome.REJECTED, e.reason, e.detail)
         except ContentRejected as e:
@@ -555,28 +570,38 @@ class BulkIngest:
         spool: Spool,
         key: str,
         settled: _SettledMarkers,
+        stored: _StoredKeys,
     ) -> RowResult:
+        """Seal and put the spooled file, then record it as ``Documents.upload`` does,
+        with the ingest key (``Documents.add_stored``: the row's student is known, so
+        ``upload``'s lookup is not repeated)."""
         markers = _IntentMarkers(self._vault.store)
-        documents = Documents(
-            self._engine,
-            self._audit,
-            # Rows arrive spooled by self._vault; this one only seals and stores them.
-            Vault(markers, self._vault.keyring, max_bytes=self._vault.max_bytes),
-            self._clock,
-        )
-        info = None
+        # Rows arrive spooled by self._vault; this one only seals and stores them.
+        vault = Vault(markers, self._vault.keyring, max_bytes=self._vault.max_bytes)
+        document_id, version_id = uuid.uuid4(), uuid.uuid4()
+        committed = False
         try:
-            info = documents.upload(
-                actor,
-                student.id,
+            # Keys are random, never derived from names or filenames.
+            sealed = vault.store_spooled(
                 spool,
                 row.path.name,
+                ObjectIdentity(str(document_id), str(version_id)),
+                f"versions/{uuid.uuid4()}",
+            )
+            self._documents.add_stored(
+                actor,
+                student.id,
+                sealed,
+                document_id,
+                version_id,
                 category=row.category,
                 title=row.title,
                 school_year=row.school_year,
                 effective_date=row.document_date,
                 ingest_key=key,
             )
+            committed = True
+            stored.add(student.id, key, document_id)
         except DatabaseIntegrityError:
             # Another row with the same key (a repeated row) committed first.
             existing = self._document_with_key(key)
@@ -585,26 +610,32 @@ class BulkIngest:
             return _done(row, RowOutcome.ALREADY_STORED, existing)
         finally:
             for object_key in markers.keys:
-                if info is not None:
-                    # The upload committed the version of the one object it put: only
-                    # the marker is left to remove.
+                if committed:
+                    # The version references the one object put: only the marker is
+                    # left to remove.
                     settled.add(INTENT_PREFIX + object_key)
                     continue
                 with contextlib.suppress(StorageError, SQLAlchemyError):
                     # Whatever cannot be settled now stays marked for the next run.
                     self._settle(object_key)
+        self._audit.maybe_checkpoint()
         return RowResult(
-            row.line, row.cells, RowOutcome.STORED, document_id=info.id, size=info.current.size
+            row.line, row.cells, RowOutcome.STORED, document_id=document_id, size=sealed.size
         )
+
+    def _require_registrar(self, actor: Actor) -> None:
+        """Raise Forbidden unless ``actor`` is an account that may upload documents."""
+        if (
+            actor.user_id is None
+            or not decide(actor, Permission.MANAGE_FOLDER, Resource(), self._clock()).allowed
+        ):
+            raise Forbidden("Bulk ingest is done as a registrar account (use --as EMAIL).")
 
     def _settle(self, object_key: str) -> bool:
         """Delete the object unless a version references it, then its marker; return
         whether the upload was unfinished (no version references the object)."""
         store = self._vault.store
-        with reading_session(self._engine) as session:
-            referenced = session.scalar(
-                select(DocumentVersion.id).where(DocumentVersion.object_key == object_key)
-            )
+        referenced = _read_one(self._engine, _VERSION_OF_OBJECT, {"object_key": object_key})
         if referenced is None:
             store.delete(object_key)
         # The marker goes last: if anything above fails, the next run tries again.
@@ -641,13 +672,15 @@ class BulkIngest:
                 RowProblem.FILE_UNREADABLE.value, f"Cannot open {row.path}: {e.strerror or e}."
             ) from None
         with handle:
-            spool = self._vault.spool(io.BufferedReader(_SourceReader(handle, row.path)))
+            spool = self._vault.spool(
+                io.BufferedReader(_SourceReader(handle, row.path)),
+                size_hint=os.fstat(handle.fileno()).st_size,
+            )
         with spool:
             yield spool
 
     def _document_with_key(self, key: str) -> uuid.UUID | None:
-        with reading_session(self._engine) as session:
-            return session.scalar(select(Document.id).where(Document.ingest_key == key))
+        return _read_one(self._engine, _DOCUMENT_WITH_KEY, {"key": key})
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -703,6 +736,63 @@ class BulkIngest:
             if self._monotonic() >= deadline:
                 raise IngestBusy()
             self._sleep(0.2)
+
+
+class _StoredKeys:
+    """The ingest keys stored already, for the rows of one run.
+
+    Each student's keys are loaded once, when the first of its rows asks, and the keys
+    the run commits are added: one query per student rather than one per row. A key
+    that something else commits meanwhile is refused by the unique index when the row
+    commits, which then counts as already stored. With ``per_row`` every lookup asks
+    the database instead.
+    """
+
+    def __init__(self, engine: Engine, *, per_row: bool = False) -> None:
+        self._engine = engine
+        self._per_row = per_row
+        self._by_student: dict[uuid.UUID, dict[str, uuid.UUID]] = {}
+        self._lock = threading.Lock()
+
+    def find(self, student_id: uuid.UUID, key: str) -> uuid.UUID | None:
+        """The document stored under ``key`` for the student, or None."""
+        if self._per_row:
+            return _read_one(self._engine, _DOCUMENT_WITH_KEY, {"key": key})
+        with self._lock:
+            keys = self._by_student.get(student_id)
+        if keys is None:
+            with _autocommit(self._engine) as connection:
+                rows = connection.execute(_KEYS_OF_STUDENT, {"student_id": student_id})
+                loaded = {str(stored_key): document_id for stored_key, document_id in rows}
+            with self._lock:
+                # Two rows of a new student may load its keys at once: the first wins.
+                keys = self._by_student.setdefault(student_id, loaded)
+        with self._lock:
+            return keys.get(key)
+
+    def add(self, student_id: uuid.UUID, key: str, document_id: uuid.UUID) -> None:
+        """Record a key committed since the student's keys were loaded."""
+        with self._lock:
+            keys = self._by_student.get(student_id)
+            if keys is not None:
+                keys[key] = document_id
+
+
+@contextlib.contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection in autocommit mode, for reads: each statement runs on its own,
+    without the BEGIN and ROLLBACK round trips of a transaction."""
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
+
+
+def _read_one(
+    engine: Engine, statement: Select[tuple[uuid.UUID]], parameters: dict[str, str]
+) -> uuid.UUID | None:
+    """The first column of the first row of ``statement``, or None."""
+    with _autocommit(engine) as connection:
+        return connection.scalar(statement, parameters)
 
 
 class _IntentMarkers(ObjectStore):

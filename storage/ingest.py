@@ -46,8 +46,8 @@ from storage.objects import ObjectStore
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-# Spools read their source in pieces this large: most documents arrive in one piece,
-# which then becomes the spool's bytes without another copy.
+# Spools read their source in pieces this large once they have spilled to disk (or have
+# read more than they expected).
 _COPY_CHUNK = 1024 * 1024
 # Inspection reads a spilled spool at scattered offsets in small pieces (pypdf's tokens),
 # so each refill decrypts a modest block.
@@ -134,15 +134,18 @@ class Vault:
         with self.spool(stream) as spool:
             return self.store_spooled(spool, name, identity, object_key)
 
-    def spool(self, stream: BinaryIO) -> Spool:
+    def spool(self, stream: BinaryIO, *, size_hint: int | None = None) -> Spool:
         """Copy ``stream`` into a new :class:`Spool`, enforcing the size limit while reading.
 
-        Raises UploadTooLarge past ``max_bytes``; the caller closes the returned spool.
+        ``size_hint`` is how many bytes ``stream`` is expected to hold (see
+        :class:`Spool`). Raises UploadTooLarge past ``max_bytes``; the caller closes the
+        returned spool.
         """
         return Spool(
             LimitedReader(stream, self.max_bytes),
             memory_limit=self._memory_spool_bytes,
             directory=self._spool_dir,
+            size_hint=size_hint,
         )
 
     def store_spooled(
@@ -249,14 +252,26 @@ class Spool:
     to a temporary file in ``directory``, encrypted with AES-256-CTR under a random key
     that lives only in this object and unlinked on creation: plaintext never rests on
     disk and no file outlives the process. CTR allows reading at any offset, which
-    inspection needs. Exceptions of ``source``
+    inspection needs. ``size_hint``, the size ``source`` is expected to have, only
+    shapes the reads: a document that fits in memory is asked for whole, and then
+    usually arrives in one piece of its own size, which becomes the spool's bytes
+    without another copy or a larger buffer. Exceptions of ``source``
     (UploadTooLarge from a size limit) and OSError from the temporary file propagate,
     and nothing is left behind. Close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, source: _Readable, *, memory_limit: int, directory: Path | None) -> None:
+    def __init__(
+        self,
+        source: _Readable,
+        *,
+        memory_limit: int,
+        directory: Path | None,
+        size_hint: int | None = None,
+    ) -> None:
         self._memory_limit = memory_limit
         self._directory = directory
+        # While in memory, all that is expected is asked for, and a byte more to see the end.
+        self._expected = memory_limit if size_hint is None else min(size_hint, memory_limit)
         # The pieces read so far while in memory (joined once at the end), else None.
         self._memory: list[bytes] | None = []
         self._data = b""
@@ -271,7 +286,7 @@ class Spool:
         self._sha256_lock = threading.Lock()
         size = 0
         try:
-            while chunk := source.read(_COPY_CHUNK):
+            while chunk := source.read(self._read_size(size)):
                 self._append(size, chunk)
                 size += len(chunk)
         except BaseException:
@@ -335,26 +350,42 @@ class Spool:
     ) -> None:
         self.close()
 
+    def _read_size(self, size: int) -> int:
+        """How much to ask the source for next, having read ``size`` bytes."""
+        remaining = self._expected + 1 - size
+        if self._memory is not None and remaining > 0:
+            return remaining
+        return _COPY_CHUNK
+
     def _append(self, offset: int, chunk: bytes) -> None:
         if self._memory is not None and offset + len(chunk) > self._memory_limit:
             # An unbuffered file: every write goes to the operating system at once,
             # where the readers' positional reads see it.
-            handle = tempfile.TemporaryFile(dir=self._directory, buffering=0)  # noqa: SIM115
-            self._file = handle
+            self._file = tempfile.TemporaryFile(dir=self._directory, buffering=0)  # noqa: SIM115
             start = 0
             for piece in self._memory:
-                self._spill_digest.update(piece)
-                handle.write(self._crypt(start, piece))
+                self._spill(start, piece)
                 start += len(piece)
             self._memory = None
         if self._memory is not None:
             self._memory.append(chunk)
         else:
-            assert self._file is not None
-            self._spill_digest.update(chunk)
-            self._file.write(self._crypt(offset, chunk))
+            self._spill(offset, chunk)
 
-    def _crypt(self, offset: int, data: bytes) -> bytes:
+    def _spill(self, offset: int, data: bytes) -> None:
+        """Hash ``data`` and write it, encrypted, at ``offset`` of the spill file.
+
+        A piece read while the spool was in memory can be as large as the memory limit;
+        it is encrypted and written a megabyte at a time, so its ciphertext never takes
+        as much memory again.
+        """
+        assert self._file is not None
+        self._spill_digest.update(data)
+        with memoryview(data) as view:
+            for start in range(0, len(view), _COPY_CHUNK):
+                self._file.write(self._crypt(offset + start, view[start : start + _COPY_CHUNK]))
+
+    def _crypt(self, offset: int, data: bytes | memoryview) -> bytes:
         """AES-CTR at byte ``offset``: the counter block is nonce ‖ (offset // 16)."""
         block, skip = divmod(offset, 16)
         counter = self._nonce + block.to_bytes(8, "big")

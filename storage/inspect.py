@@ -27,6 +27,7 @@ the serving layer's job.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import posixpath
@@ -287,6 +288,20 @@ def _quiet_pypdf() -> Iterator[None]:
 
 
 def _inspect_pdf(file: BinaryIO, size: int, max_objects: int) -> int:
+    # pypdf learns the size of a BytesIO by exporting its buffer, which makes a BytesIO
+    # that shares its bytes (as a spool's views do) copy all of them first. Through a
+    # buffered reader it seeks to the end instead. Every read below goes through that
+    # reader, whose idea of the position would be wrong after a read around it.
+    if not isinstance(file, io.BytesIO):
+        return _inspect_pdf_source(file, size, max_objects)
+    buffered = io.BufferedReader(file)
+    try:
+        return _inspect_pdf_source(buffered, size, max_objects)
+    finally:
+        buffered.detach()  # leaves ``file`` open for the caller
+
+
+def _inspect_pdf_source(file: BinaryIO, size: int, max_objects: int) -> int:
     with _quiet_pypdf():
         try:
             reader = PdfReader(file, strict=True)

@@ -135,7 +135,8 @@ class ObjectStore(ABC):
     ) -> ObjectInfo:
         """Store everything ``stream.read()`` yields under ``key``, replacing any object.
 
-        Only ``read()`` is used, so non-seekable streams work. ``size_hint`` is advisory.
+        The stream is only read (``read()``, or ``readinto()`` of a buffered stream),
+        never sought, so non-seekable streams work. ``size_hint`` is advisory.
         ``retain_until`` (timezone-aware) asks for write-once retention until that time;
         a store that cannot give it raises :class:`StorageError` and stores nothing.
         On any failure nothing new is visible under ``key``. Raises ``ValueError`` for
@@ -480,13 +481,18 @@ class S3ObjectStore(ObjectStore):
         return self.head(key)
 
     def _put_small(
-        self, key: str, full_key: str, body: bytes, extra: dict[str, object]
+        self, key: str, full_key: str, body: bytearray, extra: dict[str, object]
     ) -> ObjectInfo:
+        # A bytearray, not bytes: botocore turns bytes into a stream, which it reads
+        # back in small blocks to checksum and send (each send releasing the GIL, which
+        # the uploading thread must then win back), after an Expect: 100-continue round
+        # trip. A bytearray is checksummed and sent whole (botocore takes any bytes-like
+        # body; its type stubs name only bytes).
         try:
             response = self._client.put_object(
                 Bucket=self._bucket,
                 Key=full_key,
-                Body=body,
+                Body=body,  # type: ignore[arg-type]
                 **extra,  # type: ignore[arg-type]
             )
         except (BotoCoreError, ClientError) as e:
@@ -612,23 +618,34 @@ class S3ObjectStore(ObjectStore):
         return StorageError(f"{self.description}: cannot {what}: {error}")
 
 
-def _read_up_to(stream: BinaryIO, limit: int) -> bytes:
-    """Read until ``limit`` bytes or the end: a raw stream may return short reads."""
-    parts: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
+def _read_up_to(stream: BinaryIO, limit: int) -> bytearray:
+    """Read until ``limit`` bytes or the end: a raw stream may return short reads.
+
+    A buffered stream (the encrypting reader is one) fills the returned buffer itself
+    (``readinto``): a second copy of a large body would cost as much again in page
+    faults for fresh memory as the copying itself.
+    """
+    data = bytearray(limit)
+    filled = 0
+    with memoryview(data) as view:
+        while filled < limit:
+            if isinstance(stream, io.BufferedIOBase):
+                count = stream.readinto(view[filled:]) or 0
+            else:
+                chunk = stream.read(limit - filled) or b""
+                count = len(chunk)
+                view[filled : filled + count] = chunk
+            if not count:
+                break
+            filled += count
+    del data[filled:]
+    return data
 
 
 class _Prefixed(io.RawIOBase):
     """``head`` followed by the rest of ``tail``: undoes a read-ahead on a stream."""
 
-    def __init__(self, head: bytes, tail: BinaryIO) -> None:
+    def __init__(self, head: bytearray, tail: BinaryIO) -> None:
         super().__init__()
         self._head = memoryview(head)
         self._tail = tail

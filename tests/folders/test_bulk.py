@@ -9,6 +9,7 @@ import io
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from minio import Minio
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
 from audit.events import Action
@@ -502,17 +503,87 @@ def test_only_registrars_ingest(runtime: Runtime, cast: Cast, tmp_path: Path) ->
     for actor in (cast.compliance, cast.admin, cast.parent, Actor.operator()):
         with pytest.raises(Forbidden):
             make_bulk(runtime).run(actor, manifest)
+        with pytest.raises(Forbidden):
+            make_bulk(runtime).ingest_one(actor, manifest.rows[0])
     assert counts(runtime) == (0, 0, 0)
+    assert uploads_audited(runtime) == 0
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements sent through ``engine`` inside the block."""
+    sent: list[str] = []
+
+    def record(*args: object) -> None:
+        sent.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_row_costs_one_insert_and_a_student_one_key_lookup(
+    runtime: Runtime, cast: Cast, tmp_path: Path
+) -> None:
+    files = write_files(tmp_path / "batch", 6)
+    students = [cast.child.district_id, cast.other_child.district_id]
+    rows = [[students[i % 2], "other", f"Letter {i}", "", "", name] for i, name in enumerate(files)]
+    manifest = load_all(write_manifest(tmp_path / "batch", rows))
+
+    # One worker: with several, two rows of a new student may both look it up.
+    with statements(runtime.engine) as sent:
+        summary = make_bulk(runtime).run(cast.registrar, manifest, workers=1)
+
+    assert summary.count(RowOutcome.STORED) == 6
+    # The stored keys are read once per student, not once per row.
+    assert len([s for s in sent if s.startswith("SELECT") and "FROM documents" in s]) == 2
+    assert len([s for s in sent if "FROM students" in s]) == 2
+    inserts = [s for s in sent if "INSERT INTO document" in s]
+    if runtime.engine.dialect.name == "postgresql":
+        # The document and its version in one statement.
+        assert len(inserts) == 6 and all("INSERT INTO document_versions" in s for s in inserts)
+    else:
+        assert len(inserts) == 12
+    assert uploads_audited(runtime) == 6
+
+    with statements(runtime.engine) as sent:
+        again = make_bulk(runtime).run(cast.registrar, manifest, workers=1)
+
+    assert again.count(RowOutcome.ALREADY_STORED) == 6
+    assert len([s for s in sent if s.startswith("SELECT") and "FROM documents" in s]) == 2
+    assert not [s for s in sent if "INSERT INTO document" in s]
+
+
+def test_a_row_repeated_after_its_first_copy_committed_is_not_stored_again(
+    runtime: Runtime, cast: Cast, tmp_path: Path, stored_keys: Callable[[str], set[str]]
+) -> None:
+    files = write_files(tmp_path / "batch", 1)
+    row = [cast.child.district_id, "iep", "IEP 2025", "2024-2025", "", next(iter(files))]
+    manifest = load_all(write_manifest(tmp_path / "batch", [row] * 3))
+    store = ObservedStore(runtime.store)
+
+    # One worker: each repeat starts after the first copy committed.
+    summary = observed_bulk(runtime, store).run(cast.registrar, manifest, workers=1)
+
+    assert (summary.count(RowOutcome.STORED), summary.count(RowOutcome.ALREADY_STORED)) == (1, 2)
+    # The run knew the key it had just committed: no object was put for the repeats
+    # (one marker and one object in all) and none had to be deleted again.
+    assert len(store.puts) == 2 and store.deleted == []
+    assert counts(runtime) == (1, 1, 1)
+    assert stored_keys("versions/") == version_keys(runtime)
 
 
 class ObservedStore(ObjectStore):
-    """The runtime's store, recording the deletions asked of it; ``refuse_batches``
+    """The runtime's store, recording the puts and deletions asked of it; ``refuse_batches``
     makes every ``delete_many`` fail as an unreachable store would."""
 
     def __init__(self, store: ObjectStore, *, refuse_batches: bool = False) -> None:
         self._store = store
         self.description = store.description
         self.refuse_batches = refuse_batches
+        self.puts: list[str] = []
         self.deleted: list[str] = []
         self.batches: list[list[str]] = []
 
@@ -524,6 +595,7 @@ class ObservedStore(ObjectStore):
         *,
         retain_until: datetime | None = None,
     ) -> ObjectInfo:
+        self.puts.append(key)
         return self._store.put(key, stream, size_hint, retain_until=retain_until)
 
     def open(self, key: str) -> BinaryIO:

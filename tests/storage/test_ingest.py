@@ -314,6 +314,39 @@ def test_spool_reads_back_exactly_at_any_offset(tmp_path: Path, memory_limit: in
             first.read(1)
 
 
+def test_a_document_that_arrives_in_one_piece_is_spooled_without_a_copy(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024)  # larger than the pieces a spilled spool reads
+    # A BytesIO hands out all of its bytes, from the start, as the very same object.
+    with Spool(io.BytesIO(data), memory_limit=8 * 1024 * 1024, directory=tmp_path) as spool:
+        assert spool.open().read() is data
+        assert spool.sha256 == hashlib.sha256(data).hexdigest()
+
+
+class Recorded:
+    """``data`` as a source that records how much each read asks for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.source, self.asked = io.BytesIO(data), list[int]()
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked.append(size)
+        return self.source.read(size)
+
+
+def test_a_spool_asks_for_the_size_it_expects(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    source = Recorded(data)
+    with Spool(source, memory_limit=1_000_000, directory=tmp_path, size_hint=len(data)):
+        pass
+    # All of it at once, then one byte more to find the end.
+    assert source.asked == [len(data) + 1, 1]
+    # A hint is only a hint: a larger source is read on, a megabyte at a time.
+    source = Recorded(data)
+    with Spool(source, memory_limit=1_000_000, directory=tmp_path, size_hint=1000) as spool:
+        assert spool.open().read() == data
+    assert source.asked == [1001, 1024 * 1024, 1024 * 1024]
+
+
 def test_spool_views_cannot_change_the_spool(tmp_path: Path) -> None:
     with Spool(io.BytesIO(b"original"), memory_limit=1000, directory=tmp_path) as spool:
         view = spool.open()

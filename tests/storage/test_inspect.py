@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import shutil
@@ -106,6 +107,22 @@ def test_leaves_the_file_at_its_start() -> None:
     with pytest.raises(ContentRejected):
         inspect(stream, "a.jpg")
     assert stream.tell() == 0
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_pdf_in_memory_is_not_copied_and_is_left_open(refused: bool) -> None:
+    data = samples.pdf_with_launch_action() if refused else samples.make_pdf()
+    # A BytesIO shares the bytes it was made from until they are written to or its buffer
+    # is exported (which pypdf does to learn the size): a spool's views rely on that.
+    stream = io.BytesIO(data)
+    if refused:
+        with pytest.raises(ContentRejected):
+            inspect(stream, "a.pdf")
+    else:
+        inspect(stream, "a.pdf")
+    gc.collect()  # whatever inspection wrapped around the stream is gone
+    assert stream.getvalue() is data
+    assert not stream.closed and stream.tell() == 0
 
 
 # --- refused files -----------------------------------------------------------------------
