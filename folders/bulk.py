@@ -61,7 +61,7 @@ from folders.students import StudentInfo, Students, clean_text
 from storage.envelope import ObjectIdentity
 from storage.errors import ContentRejected, StorageError, StorageUnavailable
 from storage.ingest import Spool, Vault
-from storage.objects import ObjectInfo, ObjectStore
+from storage.objects import ForwardingStore, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -795,15 +795,14 @@ def _read_one(
         return connection.scalar(statement, parameters)
 
 
-class _IntentMarkers(ObjectStore):
+class _IntentMarkers(ForwardingStore):
     """The installation's object store, with an intent marker put before every object.
 
     ``keys`` lists the objects put (or attempted) through it, for the caller to settle.
     """
 
     def __init__(self, store: ObjectStore) -> None:
-        self._store = store
-        self.description = store.description
+        super().__init__(store)
         self.keys: list[str] = []
 
     def put(
@@ -818,21 +817,6 @@ class _IntentMarkers(ObjectStore):
         self.keys.append(key)
         self._store.put(INTENT_PREFIX + key, io.BytesIO(b""), 0)
         return self._store.put(key, stream, size_hint, retain_until=retain_until)
-
-    def open(self, key: str) -> BinaryIO:
-        return self._store.open(key)
-
-    def head(self, key: str) -> ObjectInfo:
-        return self._store.head(key)
-
-    def delete(self, key: str) -> None:
-        self._store.delete(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._store.list(prefix)
-
-    def supports_retention(self) -> bool:
-        return self._store.supports_retention()
 
 
 class _SettledMarkers:

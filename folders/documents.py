@@ -210,7 +210,7 @@ class Documents:
         cleaned_title = clean_text(title, "title", max_length=200)
         assert cleaned_title is not None  # required: an empty title raised
         school_year = check_school_year(school_year)
-        _uploader(actor)
+        _uploader(actor)  # refuses an actor without an account before anything is stored
         with reading_session(self._engine) as session:
             if session.get(Student, student_id) is None:
                 raise NotFound("No such student.")

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
+    "ForwardingStore",
     "LocalObjectStore",
     "ObjectInfo",
     "ObjectStore",
@@ -184,6 +185,42 @@ class ObjectStore(ABC):
     @abstractmethod
     def supports_retention(self) -> bool:
         """Whether ``put(..., retain_until=...)`` can give write-once retention."""
+
+
+class ForwardingStore(ObjectStore):
+    """Another store, every call passed on: subclass it to change only a few of them."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self.description = store.description
+
+    def put(
+        self,
+        key: str,
+        stream: BinaryIO,
+        size_hint: int | None = None,
+        *,
+        retain_until: datetime | None = None,
+    ) -> ObjectInfo:
+        return self._store.put(key, stream, size_hint, retain_until=retain_until)
+
+    def open(self, key: str) -> BinaryIO:
+        return self._store.open(key)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._store.head(key)
+
+    def delete(self, key: str) -> None:
+        self._store.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._store.delete_many(keys)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._store.list(prefix)
+
+    def supports_retention(self) -> bool:
+        return self._store.supports_retention()
 
 
 class LocalObjectStore(ObjectStore):

@@ -49,7 +49,7 @@ from folders.runtime import Runtime
 from storage.envelope import ObjectIdentity
 from storage.errors import StorageUnavailable
 from storage.ingest import Vault
-from storage.objects import ObjectInfo, ObjectStore, S3ObjectStore
+from storage.objects import ForwardingStore, ObjectInfo, ObjectStore, S3ObjectStore
 from tests.support import samples
 from tests.support.people import Cast
 from tests.support.s3 import S3Service
@@ -575,13 +575,12 @@ def test_a_row_repeated_after_its_first_copy_committed_is_not_stored_again(
     assert stored_keys("versions/") == version_keys(runtime)
 
 
-class ObservedStore(ObjectStore):
+class ObservedStore(ForwardingStore):
     """The runtime's store, recording the puts and deletions asked of it; ``refuse_batches``
     makes every ``delete_many`` fail as an unreachable store would."""
 
     def __init__(self, store: ObjectStore, *, refuse_batches: bool = False) -> None:
-        self._store = store
-        self.description = store.description
+        super().__init__(store)
         self.refuse_batches = refuse_batches
         self.puts: list[str] = []
         self.deleted: list[str] = []
@@ -596,29 +595,17 @@ class ObservedStore(ObjectStore):
         retain_until: datetime | None = None,
     ) -> ObjectInfo:
         self.puts.append(key)
-        return self._store.put(key, stream, size_hint, retain_until=retain_until)
-
-    def open(self, key: str) -> BinaryIO:
-        return self._store.open(key)
-
-    def head(self, key: str) -> ObjectInfo:
-        return self._store.head(key)
+        return super().put(key, stream, size_hint, retain_until=retain_until)
 
     def delete(self, key: str) -> None:
         self.deleted.append(key)
-        self._store.delete(key)
+        super().delete(key)
 
     def delete_many(self, keys: Sequence[str]) -> None:
         self.batches.append(list(keys))
         if self.refuse_batches:
             raise StorageUnavailable(self.description, "connection refused")
-        self._store.delete_many(keys)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._store.list(prefix)
-
-    def supports_retention(self) -> bool:
-        return self._store.supports_retention()
+        super().delete_many(keys)
 
 
 def observed_bulk(runtime: Runtime, store: ObservedStore) -> BulkIngest:
