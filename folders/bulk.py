@@ -12,14 +12,14 @@ design; in short:
   same transaction as the document, so a row whose key exists is "already stored", and
   running a manifest again stores only what is missing. A run reads the keys stored for
   a student once, with the student's first row.
-- **No orphans after a crash.** Before an object is put, an empty *intent marker* is put
-  under ``ingest-intents/<object key>``; it is removed once the row is settled (the
-  markers of committed rows in batches). A run killed between the put and the commit
-  leaves the marker behind, and the next run deletes each marked object that no version
-  references, then the marker. Only that small prefix is listed, never the whole bucket.
+- **No orphans after a crash.** Before an object is put, an *intent* naming it is
+  committed to the ``ingest_intents`` table; it is removed once the row is settled (the
+  intents of committed rows in batches). A run killed between the put and the commit
+  leaves the intent behind, and the next run deletes each such object that no version
+  references, then the intent. The bucket is never listed.
 - **One run at a time.** A run holds an exclusive lock (a PostgreSQL advisory lock, or a
   lock file beside the SQLite database) that dies with its process, so recovery never
-  touches the markers of a live run.
+  touches the intents of a live run.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from sqlalchemy import Connection, Engine, Select, bindparam, select, text
+from sqlalchemy import Connection, Engine, Select, bindparam, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -55,7 +55,7 @@ from folders.actor import Actor
 from folders.categories import Category
 from folders.documents import Documents, check_school_year, parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
-from folders.models import Document, DocumentVersion
+from folders.models import Document, DocumentVersion, IngestIntent
 from folders.policy import Permission, Resource, decide
 from folders.students import StudentInfo, Students, clean_text
 from storage.envelope import ObjectIdentity
@@ -68,13 +68,14 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = ("student_id", "category", "title", "school_year", "document_date", "path")
 REPORT_COLUMNS = ("line", *MANIFEST_COLUMNS, "reason", "detail")
+# Intents are named ``ingest-intents/<object key>`` where they are reported (fsck).
 INTENT_PREFIX = "ingest-intents/"
 
 _KEY_DOMAIN = "satchel-ingest-key/1"
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MAX_PATH = 1024
-# Intent markers of committed rows deleted per request (S3 takes up to 1000 at once).
-_MARKER_BATCH = 100
+# Intents of committed rows deleted per statement.
+_SETTLED_BATCH = 100
 # Any two 64-bit numbers would do; this one is the start of SHA-256("satchel bulk ingest").
 _ADVISORY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"satchel bulk ingest").digest()[:8], "big", signed=True
@@ -86,6 +87,15 @@ _KEYS_OF_STUDENT = select(Document.ingest_key, Document.id).where(
 )
 _VERSION_OF_OBJECT = select(DocumentVersion.id).where(
     DocumentVersion.object_key == bindparam("object_key")
+)
+_ADD_INTENT = insert(IngestIntent).values(
+    object_key=bindparam("object_key"), created_at=bindparam("created_at")
+)
+_REMOVE_INTENTS = delete(IngestIntent).where(
+    IngestIntent.object_key.in_(bindparam("object_keys", expanding=True))
+)
+_INTENTS = select(IngestIntent.object_key, IngestIntent.created_at).order_by(
+    IngestIntent.created_at, IngestIntent.object_key
 )
 
 
@@ -386,8 +396,9 @@ class BulkIngest:
     """Stores the rows of a manifest, in parallel, at most once each.
 
     ``vault`` is the installation's vault, which spools each file; each row is stored
-    through a :class:`Documents` service over the same object store with intent markers
-    added. ``monotonic`` and ``sleep`` time the run and the wait for the lock.
+    through a :class:`Documents` service over the same object store, with an intent
+    committed before each object is put. ``monotonic`` and ``sleep`` time the run and
+    the wait for the lock.
     """
 
     def __init__(
@@ -408,6 +419,7 @@ class BulkIngest:
         self._students = students
         self._clock = clock
         self._documents = Documents(engine, audit, vault, clock)
+        self._intents = IngestIntents(engine)
         self._lock_wait = lock_wait_seconds
         self._monotonic = monotonic
         self._sleep = sleep
@@ -451,7 +463,7 @@ class BulkIngest:
             started = self._monotonic()
             for rejection in manifest.rejected:
                 emit(rejection)
-            settled = _SettledMarkers(self._vault.store)
+            settled = _SettledIntents(self._intents)
             stored = _StoredKeys(self._engine)
             try:
                 stopped_by = self._run_rows(actor, manifest, workers, emit, settled, stored)
@@ -466,7 +478,7 @@ class BulkIngest:
         manifest: Manifest,
         workers: int,
         emit: Callable[[RowResult], None],
-        settled: _SettledMarkers,
+        settled: _SettledIntents,
         stored: _StoredKeys,
     ) -> str | None:
         stopped_by: str | None = None
@@ -503,18 +515,17 @@ class BulkIngest:
         return stopped_by
 
     def recover(self) -> int:
-        """Settle the intent markers an interrupted run left: delete each marked object
-        that no version references (it may never have been written), then the marker.
-        Return how many such unfinished uploads there were. Call it only while holding
-        the run lock (``run`` does).
+        """Settle the intents an interrupted run left: delete each object named that no
+        version references (it may never have been written), then the intent. Return
+        how many such unfinished uploads there were. Call it only while holding the run
+        lock (``run`` does).
 
         Raises StorageError or a database error if the store or database fails; the
-        markers not yet settled stay for the next run.
+        intents not yet settled stay for the next run.
         """
-        store = self._vault.store
         unfinished = 0
-        for marker in list(store.list(INTENT_PREFIX)):
-            if self._settle(marker.key[len(INTENT_PREFIX) :]):
+        for object_key, _ in self._intents.all():
+            if self._settle(object_key):
                 unfinished += 1
         return unfinished
 
@@ -526,10 +537,10 @@ class BulkIngest:
         Returns STORED, ALREADY_STORED or REJECTED (the row or its file is wrong; nothing
         is stored). Raises StorageError, AuditError or a database error when the
         installation fails, Forbidden for an actor who may not upload; whatever happens,
-        no object outlives the call without a document version or an intent marker.
+        no object outlives the call without a document version or an intent.
         """
         self._require_registrar(actor)
-        settled = _SettledMarkers(self._vault.store)
+        settled = _SettledIntents(self._intents)
         try:
             # No run lock is held here, so nothing is kept: the key is looked up now.
             return self._ingest_row(actor, row, settled, _StoredKeys(self._engine, per_row=True))
@@ -537,9 +548,9 @@ class BulkIngest:
             settled.flush()
 
     def _ingest_row(
-        self, actor: Actor, row: ManifestRow, settled: _SettledMarkers, stored: _StoredKeys
+        self, actor: Actor, row: ManifestRow, settled: _SettledIntents, stored: _StoredKeys
     ) -> RowResult:
-        """``ingest_one``, leaving the markers of committed rows to ``settled`` and
+        """``ingest_one``, leaving the intents of committed rows to ``settled`` and
         looking the row's key up in ``stored``."""
         try:
             student = self._student(actor, row.student_id)
@@ -569,15 +580,15 @@ class BulkIngest:
         row: ManifestRow,
         spool: Spool,
         key: str,
-        settled: _SettledMarkers,
+        settled: _SettledIntents,
         stored: _StoredKeys,
     ) -> RowResult:
         """Seal and put the spooled file, then record it as ``Documents.upload`` does,
         with the ingest key (``Documents.add_stored``: the row's student is known, so
         ``upload``'s lookup is not repeated)."""
-        markers = _IntentMarkers(self._vault.store)
+        journaled = _Journaled(self._vault.store, self._intents, self._clock)
         # Rows arrive spooled by self._vault; this one only seals and stores them.
-        vault = Vault(markers, self._vault.keyring, max_bytes=self._vault.max_bytes)
+        vault = Vault(journaled, self._vault.keyring, max_bytes=self._vault.max_bytes)
         document_id, version_id = uuid.uuid4(), uuid.uuid4()
         committed = False
         try:
@@ -609,11 +620,11 @@ class BulkIngest:
                 raise
             return _done(row, RowOutcome.ALREADY_STORED, existing)
         finally:
-            for object_key in markers.keys:
+            for object_key in journaled.keys:
                 if committed:
-                    # The version references the one object put: only the marker is
+                    # The version references the one object put: only the intent is
                     # left to remove.
-                    settled.add(INTENT_PREFIX + object_key)
+                    settled.add(object_key)
                     continue
                 with contextlib.suppress(StorageError, SQLAlchemyError):
                     # Whatever cannot be settled now stays marked for the next run.
@@ -632,14 +643,13 @@ class BulkIngest:
             raise Forbidden("Bulk ingest is done as a registrar account (use --as EMAIL).")
 
     def _settle(self, object_key: str) -> bool:
-        """Delete the object unless a version references it, then its marker; return
+        """Delete the object unless a version references it, then its intent; return
         whether the upload was unfinished (no version references the object)."""
-        store = self._vault.store
         referenced = _read_one(self._engine, _VERSION_OF_OBJECT, {"object_key": object_key})
         if referenced is None:
-            store.delete(object_key)
-        # The marker goes last: if anything above fails, the next run tries again.
-        store.delete(INTENT_PREFIX + object_key)
+            self._vault.store.delete(object_key)
+        # The intent goes last: if anything above fails, the next run tries again.
+        self._intents.remove([object_key])
         return referenced is None
 
     def _student(self, actor: Actor, district_id: str) -> StudentInfo:
@@ -795,14 +805,50 @@ def _read_one(
         return connection.scalar(statement, parameters)
 
 
-class _IntentMarkers(ForwardingStore):
-    """The installation's object store, with an intent marker put before every object.
+class IngestIntents:
+    """The ``ingest_intents`` table: the objects bulk ingest is putting or has put and
+    not yet settled. Each call is one statement in autocommit mode; database errors
+    (SQLAlchemyError) propagate."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, object_key: str, created_at: datetime) -> None:
+        """Commit an intent for ``object_key``; IntegrityError if one exists."""
+        with _autocommit(self._engine) as connection:
+            connection.execute(_ADD_INTENT, {"object_key": object_key, "created_at": created_at})
+
+    def remove(self, object_keys: Sequence[str]) -> None:
+        """Delete the intents of ``object_keys`` (those that exist)."""
+        if object_keys:
+            with _autocommit(self._engine) as connection:
+                connection.execute(_REMOVE_INTENTS, {"object_keys": list(object_keys)})
+
+    def all(self) -> list[tuple[str, datetime]]:
+        """Every intent, oldest first: ``(object key, created at)``."""
+        with _autocommit(self._engine) as connection:
+            return [(str(key), created) for key, created in connection.execute(_INTENTS)]
+
+    def created_at(self, object_key: str) -> datetime | None:
+        """When the intent for ``object_key`` was committed, or None if there is none."""
+        with _autocommit(self._engine) as connection:
+            return connection.scalar(
+                select(IngestIntent.created_at).where(IngestIntent.object_key == object_key)
+            )
+
+
+class _Journaled(ForwardingStore):
+    """The installation's object store, with an intent committed before every object.
 
     ``keys`` lists the objects put (or attempted) through it, for the caller to settle.
     """
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(
+        self, store: ObjectStore, intents: IngestIntents, clock: Callable[[], datetime]
+    ) -> None:
         super().__init__(store)
+        self._intents = intents
+        self._clock = clock
         self.keys: list[str] = []
 
     def put(
@@ -813,39 +859,39 @@ class _IntentMarkers(ForwardingStore):
         *,
         retain_until: datetime | None = None,
     ) -> ObjectInfo:
-        # Listed first: even a marker whose put failed halfway is settled by the caller.
+        # Listed first: even an intent whose commit failed halfway (its outcome unknown)
+        # is settled by the caller.
         self.keys.append(key)
-        self._store.put(INTENT_PREFIX + key, io.BytesIO(b""), 0)
+        self._intents.add(key, self._clock())
         return self._store.put(key, stream, size_hint, retain_until=retain_until)
 
 
-class _SettledMarkers:
-    """Intent markers of committed rows, deleted in batches of ``_MARKER_BATCH`` (one
-    request per batch on S3) and by ``flush``. A marker left behind by a failed batch
-    or a crash is harmless: recovery finds its version committed and removes only it."""
+class _SettledIntents:
+    """Intents of committed rows, deleted in batches of ``_SETTLED_BATCH`` (one statement
+    per batch) and by ``flush``. An intent left behind by a failed batch or a crash is
+    harmless: recovery finds its version committed and removes only the intent."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
+    def __init__(self, intents: IngestIntents) -> None:
+        self._intents = intents
         self._keys: list[str] = []
         self._lock = threading.Lock()
 
-    def add(self, marker_key: str) -> None:
+    def add(self, object_key: str) -> None:
         with self._lock:
-            self._keys.append(marker_key)
-            if len(self._keys) < _MARKER_BATCH:
+            self._keys.append(object_key)
+            if len(self._keys) < _SETTLED_BATCH:
                 return
             batch, self._keys = self._keys, []
-        self._delete(batch)
+        self._remove(batch)
 
     def flush(self) -> None:
         with self._lock:
             batch, self._keys = self._keys, []
-        self._delete(batch)
+        self._remove(batch)
 
-    def _delete(self, batch: list[str]) -> None:
-        if batch:
-            with contextlib.suppress(StorageError):
-                self._store.delete_many(batch)
+    def _remove(self, batch: list[str]) -> None:
+        with contextlib.suppress(SQLAlchemyError):
+            self._intents.remove(batch)
 
 
 class _SourceReader(io.RawIOBase):

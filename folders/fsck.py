@@ -13,13 +13,15 @@ Every document version row names one object (``versions/<uuid>``) and its sealed
 - **leftovers of crypto-shredding**: the object of a shredded version still stored;
 - **orphan objects**: objects under ``versions/`` that no row references, left by a
   crash between an object's put and its row's commit (``docs/architecture.md``), and
-  **stale ingest markers** under ``ingest-intents/`` (``docs/bulk-ingest.md``).
+  **stale ingest intents**, rows of ``ingest_intents`` left by an interrupted bulk
+  ingest (``docs/bulk-ingest.md``), reported as ``ingest-intents/<object key>``.
 
-An unreferenced object or marker younger than the grace period is reported as
+An unreferenced object or intent younger than the grace period is reported as
 *pending*, not as a problem: it is most likely an upload in progress, whose row is
 about to be committed. :meth:`Fsck.repair` deletes only orphan objects and stale
-markers older than the grace period, checks the database again right before each
-delete, and never touches a key that a row references or the audit checkpoints.
+intents older than the grace period (with the unreferenced object an intent names),
+checks the database again right before each delete, and never touches a key that a
+row references or the audit checkpoints.
 
 Both are audited: every check records one ``store.fsck`` event with its verdict, and
 a repair records a ``store.repair`` event with what it is about to delete *before* the
@@ -44,7 +46,7 @@ from audit.events import Action, Outcome
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.auditing import event_for
-from folders.bulk import INTENT_PREFIX
+from folders.bulk import INTENT_PREFIX, IngestIntents
 from folders.errors import DatabaseUnavailable, Forbidden
 from folders.models import DocumentVersion
 from folders.policy import Permission, Resource, decide
@@ -79,8 +81,9 @@ REPAIRABLE = frozenset({FindingKind.ORPHAN_OBJECT, FindingKind.STALE_INTENT})
 
 @dataclass(frozen=True)
 class Finding:
-    """One discrepancy. ``key`` is the object key inside the store (for a marker, the
-    marker's key); ``version_id``/``document_id`` name the row involved, if any."""
+    """One discrepancy. ``key`` is the object key inside the store (for an ingest
+    intent, ``ingest-intents/<object key>``); ``version_id``/``document_id`` name the
+    row involved, if any."""
 
     kind: FindingKind
     key: str
@@ -102,8 +105,8 @@ class FsckReport:
     """The outcome of one check.
 
     ``versions`` counts the version rows checked (``shredded`` of them crypto-shredded),
-    ``objects`` the objects under ``versions/`` and ``intents`` the ingest markers
-    listed; ``authenticated`` counts the objects a deep check opened successfully.
+    ``objects`` the objects under ``versions/`` and ``intents`` the ingest intents
+    read; ``authenticated`` counts the objects a deep check opened successfully.
     """
 
     checked_at: datetime
@@ -184,6 +187,7 @@ class Fsck:
         self._vault = vault
         self._audit = audit
         self._clock = clock
+        self._intents = IngestIntents(engine)
 
     def check(
         self,
@@ -212,11 +216,11 @@ class Fsck:
         # listed but committed while the rows are read looks unreferenced (each such
         # key is looked up in the database again at the end).
         listed = {info.key: info for info in self._store.list(VERSIONS_PREFIX)}
-        markers = list(self._store.list(INTENT_PREFIX))
         unreferenced = dict(listed)
         findings: list[Finding] = []
         versions = shredded = authenticated = 0
         with _database_errors():
+            intents = self._intents.all()
             total = self._row_count()
             for row in self._rows():
                 versions += 1
@@ -243,8 +247,8 @@ class Fsck:
         for key, info in sorted(unreferenced.items()):
             if key not in referenced:
                 findings.append(_unreferenced(info, cutoff))
-        for marker in sorted(markers, key=lambda m: m.key):
-            findings.append(_intent(marker, cutoff))
+        for object_key, created_at in sorted(intents):
+            findings.append(_intent(object_key, created_at, cutoff))
         report = FsckReport(
             checked_at=now,
             deep=deep,
@@ -252,7 +256,7 @@ class Fsck:
             versions=versions,
             shredded=shredded,
             objects=len(listed),
-            intents=len(markers),
+            intents=len(intents),
             authenticated=authenticated,
             findings=tuple(findings),
         )
@@ -263,15 +267,15 @@ class Fsck:
         return report
 
     def repair(self, actor: Actor, report: FsckReport) -> RepairResult:
-        """Delete the orphan objects and stale ingest markers of ``report``.
+        """Delete the orphan objects and stale ingest intents of ``report``.
 
         Each is checked again first: an object is deleted only if no row references
-        it at that moment and it is still older than ``report.grace``; a marker goes
+        it at that moment and it is still older than ``report.grace``; an intent goes
         last, after its unreferenced object. With something to repair, a
         ``store.repair`` event naming it is recorded before the first delete and one
         with what was deleted and kept after the last (outcome error if problems of
-        ``report`` remain). Raises Forbidden, ValueError for a key outside
-        ``versions/`` and ``ingest-intents/`` (nothing is then deleted),
+        ``report`` remain). Raises Forbidden, ValueError for a key that is neither under
+        ``versions/`` nor an ingest intent of one (nothing is then deleted),
         AuditUnavailable (if the first event cannot be written, nothing is deleted),
         DatabaseUnavailable and StorageError; what was deleted before a failure stays
         deleted, and running fsck again picks up the rest.
@@ -287,7 +291,7 @@ class Fsck:
         self._audit.record(event_for(actor, Action.FSCK_REPAIR, detail=_repair_intent(report)))
         deleted: list[str] = []
         kept: list[Finding] = []
-        # Objects first, then markers: a marker is the record that its object may be an
+        # Objects first, then intents: an intent is the record that its object may be an
         # orphan, so it must outlive the object (as in bulk ingest's own recovery).
         ordered = sorted(report.repairable, key=lambda f: f.kind is FindingKind.STALE_INTENT)
         with _database_errors():
@@ -295,7 +299,7 @@ class Fsck:
                 if finding.kind is FindingKind.ORPHAN_OBJECT:
                     removed = self._delete_orphan(finding.key, cutoff)
                 else:
-                    removed = self._settle_marker(finding.key, cutoff)
+                    removed = self._settle_intent(finding.key, cutoff)
                 if removed:
                     deleted.extend(removed)
                 else:
@@ -428,16 +432,13 @@ class Fsck:
         self._store.delete(key)
         return [key]
 
-    def _settle_marker(self, marker_key: str, cutoff: datetime) -> list[str]:
-        _require_prefix(marker_key, INTENT_PREFIX)
-        try:
-            marker = self._store.head(marker_key)
-        except ObjectNotFound:
-            return []
-        if marker.last_modified > cutoff:
-            return []
-        object_key = marker_key[len(INTENT_PREFIX) :]
+    def _settle_intent(self, intent_key: str, cutoff: datetime) -> list[str]:
+        _require_prefix(intent_key, INTENT_PREFIX)
+        object_key = intent_key[len(INTENT_PREFIX) :]
         _require_prefix(object_key, VERSIONS_PREFIX)
+        created_at = self._intents.created_at(object_key)
+        if created_at is None or created_at > cutoff:
+            return []
         deleted: list[str] = []
         if not self._referenced([object_key]):
             try:
@@ -449,9 +450,9 @@ class Fsck:
                     return []
                 self._store.delete(object_key)
                 deleted.append(object_key)
-        # The marker goes last: if the delete above failed, the next run tries again.
-        self._store.delete(marker_key)
-        deleted.append(marker_key)
+        # The intent goes last: if the delete above failed, the next run tries again.
+        self._intents.remove([object_key])
+        deleted.append(intent_key)
         return deleted
 
     # Helpers ----------------------------------------------------------------------------
@@ -534,18 +535,18 @@ def _unreferenced(info: ObjectInfo, cutoff: datetime) -> Finding:
     )
 
 
-def _intent(marker: ObjectInfo, cutoff: datetime) -> Finding:
-    stamp = f"{marker.last_modified:%Y-%m-%d %H:%M:%S} UTC"
-    if marker.last_modified > cutoff:
+def _intent(object_key: str, created_at: datetime, cutoff: datetime) -> Finding:
+    stamp = f"{created_at:%Y-%m-%d %H:%M:%S} UTC"
+    if created_at > cutoff:
         return Finding(
             FindingKind.PENDING,
-            marker.key,
-            f"bulk ingest intent marker (made {stamp}): probably a run in progress",
+            INTENT_PREFIX + object_key,
+            f"bulk ingest intent (made {stamp}): probably a run in progress",
         )
     return Finding(
         FindingKind.STALE_INTENT,
-        marker.key,
-        f"bulk ingest intent marker left by an interrupted run (made {stamp}); the next "
+        INTENT_PREFIX + object_key,
+        f"bulk ingest intent left by an interrupted run (made {stamp}); the next "
         "`satchel ingest` or --repair settles it",
     )
 
@@ -567,7 +568,7 @@ def _check_summary(report: FsckReport) -> str:
     checked = (
         f"{'deep' if report.deep else 'shallow'} check, grace {_hours(report.grace)}: "
         f"{report.versions} versions ({report.shredded} shredded), {report.objects} "
-        f"objects, {report.intents} ingest markers"
+        f"objects, {report.intents} ingest intents"
     )
     if report.deep:
         checked += f", {report.authenticated} authenticated"
@@ -582,9 +583,9 @@ def _repair_intent(report: FsckReport) -> str:
 
 
 def _repair_summary(result: RepairResult, remaining: tuple[Finding, ...]) -> str:
-    markers = sum(1 for key in result.deleted if key.startswith(INTENT_PREFIX))
+    intents = sum(1 for key in result.deleted if key.startswith(INTENT_PREFIX))
     return (
-        f"deleted: objects {len(result.deleted) - markers}, ingest markers {markers}; "
+        f"deleted: objects {len(result.deleted) - intents}, ingest intents {intents}; "
         f"kept (referenced or too recent when checked again): {len(result.kept)}; "
         f"problems remaining: {_by_kind(remaining) or 'none'}"
     )

@@ -265,3 +265,17 @@ class PasswordToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IngestIntent(Base):
+    """An object a bulk ingest is about to put (``docs/bulk-ingest.md``).
+
+    The row is committed before the object is put and deleted once the object's version
+    is committed (or the object is deleted), so after a crash the rows left name every
+    object that may be an orphan.
+    """
+
+    __tablename__ = "ingest_intents"
+
+    object_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -27,7 +27,7 @@ _LABELS = {
     FindingKind.KEY_UNAVAILABLE: "NOKEY",
     FindingKind.SHREDDED_OBJECT: "SHREDDED",
     FindingKind.ORPHAN_OBJECT: "ORPHAN",
-    FindingKind.STALE_INTENT: "MARKER",
+    FindingKind.STALE_INTENT: "INTENT",
     FindingKind.PENDING: "PENDING",
 }
 
@@ -42,7 +42,7 @@ _LABELS = {
 @click.option(
     "--repair",
     is_flag=True,
-    help="Delete orphan objects and stale ingest markers older than the grace period. "
+    help="Delete orphan objects and stale ingest intents older than the grace period. "
     "Objects a version references are never touched.",
 )
 @click.option(
@@ -87,7 +87,7 @@ def _print(
 ) -> None:
     checked = (
         f"checked {report.versions} versions ({report.shredded} shredded) against "
-        f"{report.objects} objects and {report.intents} ingest markers in {store}"
+        f"{report.objects} objects in {store} and {report.intents} ingest intents"
     )
     if report.deep:
         checked += f"; {report.authenticated} objects authenticated"

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from minio import Minio
 from sqlalchemy import Engine, event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from audit.events import Action
@@ -27,11 +28,11 @@ from config import Settings, StorageBackend
 from folders.actor import Actor
 from folders.bootstrap import initialize
 from folders.bulk import (
-    INTENT_PREFIX,
     MANIFEST_COLUMNS,
     REPORT_COLUMNS,
     BulkIngest,
     IngestBusy,
+    IngestIntents,
     Manifest,
     ManifestError,
     ManifestRow,
@@ -47,7 +48,6 @@ from folders.errors import Forbidden
 from folders.models import Document, DocumentVersion
 from folders.runtime import Runtime
 from storage.envelope import ObjectIdentity
-from storage.errors import StorageUnavailable
 from storage.ingest import Vault
 from storage.objects import ForwardingStore, ObjectInfo, ObjectStore, S3ObjectStore
 from tests.support import samples
@@ -329,6 +329,11 @@ def version_keys(runtime: Runtime) -> set[str]:
         return set(session.scalars(select(DocumentVersion.object_key)))
 
 
+def intent_keys(runtime: Runtime) -> set[str]:
+    """The object keys of the ingest intents left in the database."""
+    return {key for key, _ in IngestIntents(runtime.engine).all()}
+
+
 def uploads_audited(runtime: Runtime) -> int:
     return runtime.audit_log.query(action=Action.DOCUMENT_UPLOAD, per_page=1).total
 
@@ -354,7 +359,7 @@ def test_a_run_stores_every_row_once_and_a_rerun_stores_nothing(
     assert counts(runtime) == (12, 12, 12)
     assert uploads_audited(runtime) == 12
     assert stored_keys("versions/") == version_keys(runtime)
-    assert stored_keys(INTENT_PREFIX) == set()
+    assert intent_keys(runtime) == set()
 
     folder = runtime.documents.list_folder(cast.registrar, cast.child.id)
     assert sorted(d.title for d in folder) == sorted(f"Report card {i}" for i in range(0, 12, 2))
@@ -409,7 +414,7 @@ def test_rejected_rows_store_nothing_and_are_reported(
     assert summary.count(RowOutcome.STORED) == 1 and summary.count(RowOutcome.FAILED) == 0
     assert counts(runtime) == (1, 1, 1)
     assert stored_keys("versions/") == version_keys(runtime)
-    assert stored_keys(INTENT_PREFIX) == set()
+    assert intent_keys(runtime) == set()
 
     report = tmp_path / "report.csv"
     write_report(report, summary.not_stored)
@@ -450,12 +455,12 @@ def test_an_interrupted_run_leaves_nothing_behind_after_the_next_run(
     stored = bulk.ingest_one(cast.registrar, first_row)
     assert stored.outcome is RowOutcome.STORED
     [committed_key] = version_keys(runtime)
-    # What `kill -9` leaves: an encrypted object put under its intent marker but never
-    # committed, and a committed row whose marker was not removed yet.
-    orphan_key = f"versions/{uuid.uuid4()}"
-    store = runtime.store
-    for key in (orphan_key, committed_key):
-        store.put(INTENT_PREFIX + key, io.BytesIO(b""), 0)
+    # What `kill -9` leaves: an encrypted object put under its intent but never
+    # committed, an intent whose object was never put, and a committed row whose intent
+    # was not removed yet.
+    orphan_key, never_put = f"versions/{uuid.uuid4()}", f"versions/{uuid.uuid4()}"
+    for key in (orphan_key, never_put, committed_key):
+        IngestIntents(runtime.engine).add(key, runtime.clock())
     runtime.vault.store_file(
         io.BytesIO(files[rest[0].path.as_posix()]),
         "x.pdf",
@@ -465,9 +470,9 @@ def test_an_interrupted_run_leaves_nothing_behind_after_the_next_run(
     assert stored_keys("versions/") == {committed_key, orphan_key}
 
     summary = bulk.run(cast.registrar, parse_manifest(path.read_bytes(), path.parent))
-    assert summary.unfinished_removed == 1 and summary.complete
+    assert summary.unfinished_removed == 2 and summary.complete
     assert (summary.count(RowOutcome.STORED), summary.count(RowOutcome.ALREADY_STORED)) == (2, 1)
-    assert stored_keys(INTENT_PREFIX) == set()
+    assert intent_keys(runtime) == set()
     assert stored_keys("versions/") == version_keys(runtime)
     assert committed_key in version_keys(runtime) and len(version_keys(runtime)) == 3
 
@@ -569,19 +574,17 @@ def test_a_row_repeated_after_its_first_copy_committed_is_not_stored_again(
 
     assert (summary.count(RowOutcome.STORED), summary.count(RowOutcome.ALREADY_STORED)) == (1, 2)
     # The run knew the key it had just committed: no object was put for the repeats
-    # (one marker and one object in all) and none had to be deleted again.
-    assert len(store.puts) == 2 and store.deleted == []
+    # and none had to be deleted again.
+    assert len(store.puts) == 1 and store.deleted == []
     assert counts(runtime) == (1, 1, 1)
     assert stored_keys("versions/") == version_keys(runtime)
 
 
 class ObservedStore(ForwardingStore):
-    """The runtime's store, recording the puts and deletions asked of it; ``refuse_batches``
-    makes every ``delete_many`` fail as an unreachable store would."""
+    """The runtime's store, recording the puts and deletions asked of it."""
 
-    def __init__(self, store: ObjectStore, *, refuse_batches: bool = False) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         super().__init__(store)
-        self.refuse_batches = refuse_batches
         self.puts: list[str] = []
         self.deleted: list[str] = []
         self.batches: list[list[str]] = []
@@ -603,8 +606,6 @@ class ObservedStore(ForwardingStore):
 
     def delete_many(self, keys: Sequence[str]) -> None:
         self.batches.append(list(keys))
-        if self.refuse_batches:
-            raise StorageUnavailable(self.description, "connection refused")
         super().delete_many(keys)
 
 
@@ -613,7 +614,7 @@ def observed_bulk(runtime: Runtime, store: ObservedStore) -> BulkIngest:
     return BulkIngest(runtime.engine, runtime.audit_log, vault, runtime.students, runtime.clock)
 
 
-def test_markers_of_committed_rows_go_in_one_batch_at_the_end(
+def test_each_object_is_one_put_and_intents_of_committed_rows_go_in_one_batch(
     runtime: Runtime, cast: Cast, tmp_path: Path, stored_keys: Callable[[str], set[str]]
 ) -> None:
     files = write_files(tmp_path / "batch", 6)
@@ -624,38 +625,49 @@ def test_markers_of_committed_rows_go_in_one_batch_at_the_end(
     path = write_manifest(tmp_path / "batch", rows)
     store = ObservedStore(runtime.store)
 
-    summary = observed_bulk(runtime, store).run(cast.registrar, load_all(path), workers=3)
+    with statements(runtime.engine) as sent:
+        summary = observed_bulk(runtime, store).run(cast.registrar, load_all(path), workers=3)
 
     assert summary.count(RowOutcome.STORED) == 6
     committed = version_keys(runtime)
-    # No object was put for the refused file, so nothing was deleted one by one.
-    assert store.deleted == []
-    assert [sorted(batch) for batch in store.batches] == [
-        sorted(INTENT_PREFIX + key for key in committed)
-    ]
-    assert stored_keys(INTENT_PREFIX) == set()
+    # The store saw one put per stored object and nothing else: no object was put for
+    # the refused file, so nothing was deleted.
+    assert sorted(store.puts) == sorted(committed)
+    assert store.deleted == [] and store.batches == []
+    # An intent committed before each put; all six removed in one statement.
+    assert len([s for s in sent if s.startswith("INSERT INTO ingest_intents")]) == 6
+    assert len([s for s in sent if s.startswith("DELETE FROM ingest_intents")]) == 1
+    assert intent_keys(runtime) == set()
     assert stored_keys("versions/") == committed
 
 
-def test_markers_a_failed_batch_leaves_are_removed_by_the_next_run(
-    runtime: Runtime, cast: Cast, tmp_path: Path, stored_keys: Callable[[str], set[str]]
+def test_intents_a_failed_batch_leaves_are_removed_by_the_next_run(
+    runtime: Runtime,
+    cast: Cast,
+    tmp_path: Path,
+    stored_keys: Callable[[str], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = write_files(tmp_path / "batch", 3)
     rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
     manifest = load_all(write_manifest(tmp_path / "batch", rows))
-    store = ObservedStore(runtime.store, refuse_batches=True)
 
-    first = observed_bulk(runtime, store).run(cast.registrar, manifest)
+    def lost(self: IngestIntents, object_keys: Sequence[str]) -> None:
+        raise OperationalError("DELETE FROM ingest_intents", {}, Exception("connection lost"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(IngestIntents, "remove", lost)
+        first = make_bulk(runtime).run(cast.registrar, manifest)
 
     assert first.complete and first.count(RowOutcome.STORED) == 3
     committed = version_keys(runtime)
-    assert stored_keys(INTENT_PREFIX) == {INTENT_PREFIX + key for key in committed}
+    assert intent_keys(runtime) == committed
 
     again = make_bulk(runtime).run(cast.registrar, manifest)
 
-    # Those markers belong to committed versions: not unfinished uploads.
+    # Those intents belong to committed versions: not unfinished uploads.
     assert again.unfinished_removed == 0 and again.count(RowOutcome.ALREADY_STORED) == 3
-    assert stored_keys(INTENT_PREFIX) == set()
+    assert intent_keys(runtime) == set()
     assert stored_keys("versions/") == committed == version_keys(runtime)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from audit.errors import AuditUnavailable
 from audit.events import Action, Event, Outcome
 from folders.actor import Actor
-from folders.bulk import INTENT_PREFIX
+from folders.bulk import INTENT_PREFIX, IngestIntents
 from folders.categories import Category
 from folders.errors import Forbidden
 from folders.fsck import Finding, FindingKind, Fsck, FsckReport
@@ -228,7 +228,16 @@ def test_repair_asks_the_database_again_right_before_each_delete(
     assert opens(runtime, document.id) == original
 
 
-def test_stale_ingest_markers_are_settled_like_bulk_ingest_recovery(
+def intend(runtime: Runtime, object_key: str) -> None:
+    """Leave an ingest intent for ``object_key``, as a killed bulk ingest does."""
+    IngestIntents(runtime.engine).add(object_key, runtime.clock())
+
+
+def intents(runtime: Runtime) -> set[str]:
+    return {key for key, _ in IngestIntents(runtime.engine).all()}
+
+
+def test_stale_ingest_intents_are_settled_like_bulk_ingest_recovery(
     runtime: Runtime, cast: Cast
 ) -> None:
     committed, original = upload_pdf(runtime, cast, cast.child)
@@ -236,7 +245,7 @@ def test_stale_ingest_markers_are_settled_like_bulk_ingest_recovery(
     orphan = put_orphan(runtime)
     never_written = f"versions/{uuid.uuid4()}"
     for key in (committed_key, orphan, never_written):
-        replace_object(runtime, INTENT_PREFIX + key, b"")
+        intend(runtime, key)
 
     checker = fsck(runtime, LATER)
     report = checker.check(OPERATOR)
@@ -253,12 +262,31 @@ def test_stale_ingest_markers_are_settled_like_bulk_ingest_recovery(
         INTENT_PREFIX + orphan,
         INTENT_PREFIX + never_written,
     }
-    assert list(runtime.store.list(INTENT_PREFIX)) == []
+    assert intents(runtime) == set()
+    assert stored(runtime, committed_key) and not stored(runtime, orphan)
     assert checker.check(OPERATOR).clean
     assert opens(runtime, committed.id) == original
 
 
-def test_repair_deletes_nothing_outside_versions_and_ingest_markers(
+def test_a_recent_intent_is_pending_and_repair_keeps_it_and_its_object(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    intend(runtime, orphan)
+
+    checker = fsck(runtime)  # now: both are younger than the grace period
+    report = checker.check(OPERATOR)
+    assert kinds(report) == {
+        orphan: FindingKind.PENDING,
+        INTENT_PREFIX + orphan: FindingKind.PENDING,
+    }
+    assert report.clean and report.intents == 1
+    assert checker.repair(OPERATOR, report).deleted == ()
+    assert stored(runtime, orphan) and intents(runtime) == {orphan}
+
+
+def test_repair_deletes_nothing_outside_versions_and_ingest_intents(
     runtime: Runtime, cast: Cast
 ) -> None:
     upload_pdf(runtime, cast, cast.child)
@@ -290,7 +318,7 @@ def test_a_clean_check_records_one_allowed_event(runtime: Runtime, cast: Cast) -
     assert (event.action, event.outcome) == (Action.FSCK, Outcome.ALLOWED)
     assert (event.actor_role, event.actor_email) == ("operator", OPERATOR.email)
     assert event.detail == (
-        "deep check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest markers, "
+        "deep check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest intents, "
         "1 authenticated; findings: pending 1"
     )
 
@@ -309,7 +337,7 @@ def test_a_check_with_findings_records_an_error_event_with_the_counts(
     [event] = fsck_events(runtime)
     assert (event.action, event.outcome) == (Action.FSCK, Outcome.ERROR)
     assert event.detail == (
-        "shallow check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest markers; "
+        "shallow check, grace 24 h: 1 versions (0 shredded), 2 objects, 0 ingest intents; "
         "findings: missing_object 1, orphan_object 2"
     )
 
@@ -319,7 +347,7 @@ def test_a_repair_records_its_intent_before_deleting_and_its_result_after(
 ) -> None:
     document, _ = upload_pdf(runtime, cast, cast.child)
     orphan = put_orphan(runtime)
-    replace_object(runtime, INTENT_PREFIX + orphan, b"")
+    intend(runtime, orphan)
     checker = fsck(runtime, LATER)
     report = checker.check(OPERATOR)
 
@@ -332,7 +360,7 @@ def test_a_repair_records_its_intent_before_deleting_and_its_result_after(
     )
     assert (result.action, result.outcome) == (Action.FSCK_REPAIR, Outcome.ALLOWED)
     assert result.detail == (
-        "deleted: objects 1, ingest markers 1; kept (referenced or too recent when checked "
+        "deleted: objects 1, ingest intents 1; kept (referenced or too recent when checked "
         "again): 0; problems remaining: none"
     )
 
@@ -353,7 +381,7 @@ def test_a_repair_records_its_intent_before_deleting_and_its_result_after(
 def test_no_repair_without_its_event(runtime: Runtime, cast: Cast) -> None:
     upload_pdf(runtime, cast, cast.child)
     orphan = put_orphan(runtime)
-    replace_object(runtime, INTENT_PREFIX + orphan, b"")
+    intend(runtime, orphan)
     checker = fsck(runtime, LATER)
     report = checker.check(OPERATOR)
     assert len(report.repairable) == 2
@@ -361,7 +389,7 @@ def test_no_repair_without_its_event(runtime: Runtime, cast: Cast) -> None:
     break_audit_inserts(runtime.engine)
     with pytest.raises(AuditUnavailable):
         checker.repair(OPERATOR, report)
-    assert stored(runtime, orphan) and stored(runtime, INTENT_PREFIX + orphan)
+    assert stored(runtime, orphan) and intents(runtime) == {orphan}
     with pytest.raises(AuditUnavailable):
         checker.check(OPERATOR)  # nor a report without its event
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from folders.actor import Actor
-from folders.bulk import INTENT_PREFIX, MANIFEST_COLUMNS
+from folders.bulk import MANIFEST_COLUMNS, IngestIntents
 from folders.db import make_engine
 from folders.models import Document, DocumentVersion, Role
 from folders.runtime import Runtime
@@ -169,14 +169,12 @@ def test_ingest_killed_mid_run_then_rerun_stores_each_row_once_without_orphans(
 
         committed = len(version_keys(engine))
         left_behind = orphans()
-        marked = {
-            key[len(INTENT_PREFIX) :]
-            for key in bucket_keys(minio_client, s3_bucket, s3_prefix, INTENT_PREFIX)
-        }
+        marked = {key for key, _ in IngestIntents(engine).all()}
         assert KILL_AFTER <= committed < FILES
         assert left_behind, "the kill left no orphan object"
-        # Every orphan has its intent marker, which is how the next run finds it without
-        # listing the bucket; some marked uploads never got as far as writing an object.
+        # Every orphan has its intent, which is how the next run finds it without
+        # listing the bucket; some uploads with an intent never got as far as writing
+        # an object.
         assert left_behind <= marked
         unfinished = marked - version_keys(engine)
 
@@ -198,6 +196,6 @@ def test_ingest_killed_mid_run_then_rerun_stores_each_row_once_without_orphans(
         assert stored_digests == sorted(digests)  # each file exactly once
         in_bucket = bucket_keys(minio_client, s3_bucket, s3_prefix, "versions/")
         assert len(in_bucket) == versions and in_bucket == version_keys(engine)
-        assert bucket_keys(minio_client, s3_bucket, s3_prefix, INTENT_PREFIX) == set()
+        assert IngestIntents(engine).all() == []
     finally:
         engine.dispose()
