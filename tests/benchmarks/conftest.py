@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,49 @@ class Results:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples)
+
+
+@dataclass(frozen=True)
+class CPU:
+    """CPU seconds of this process (all its threads), of the S3 server and of the
+    PostgreSQL server: every process named ``weed`` and every one named ``postgres``
+    (its backends, WAL writer and checkpointer alike)."""
+
+    client: float
+    s3: float
+    database: float
+
+    def __sub__(self, other: CPU) -> CPU:
+        return CPU(self.client - other.client, self.s3 - other.s3, self.database - other.database)
+
+    def per(self, count: int) -> CPU:
+        """In milliseconds per one of ``count`` operations."""
+        return CPU(*(1000 * value / count for value in (self.client, self.s3, self.database)))
+
+    @property
+    def total(self) -> float:
+        return self.client + self.s3 + self.database
+
+
+def cpu_now() -> CPU:
+    """The CPU used so far, read from ``/proc`` (Linux). A process that ended since the
+    last reading takes its time with it, so read around work whose processes live on
+    (the pools keep their connections)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    by_name = {"weed": 0.0, "postgres": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name, _, rest = stat.partition(" (")[2].rpartition(")")
+        if name in by_name:
+            fields = rest.split()
+            by_name[name] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return CPU(usage.ru_utime + usage.ru_stime, by_name["weed"], by_name["postgres"])
 
 
 @pytest.fixture(scope="session")

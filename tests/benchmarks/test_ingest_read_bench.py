@@ -1,7 +1,7 @@
 """Ingest and read through the whole pipeline, against raw boto3 on the same SeaweedFS.
 
 Ingest: ``satchel ingest``'s path (:class:`folders.bulk.BulkIngest`: manifest, spool,
-ingest key, inspection, encryption, intent markers, SQL rows and the audit event in one
+ingest key, inspection, encryption, intent rows, SQL rows and the audit event in one
 transaction, on PostgreSQL) against ``put_object`` of the same files read from the same
 disk, both with :data:`WORKERS` threads. Read: :meth:`Documents.open` for a guardian
 (policy on grants and guardianship, audit event committed, key unwrapped, whole object
@@ -31,7 +31,7 @@ from folders.actor import Actor
 from folders.bulk import BulkIngest, RowOutcome, parse_manifest
 from folders.models import GrantScope, Role
 from folders.runtime import Runtime
-from tests.benchmarks.conftest import Results, median, scale
+from tests.benchmarks.conftest import CPU, Results, cpu_now, median, scale
 from tests.benchmarks.district import add_account, generate_document
 
 if TYPE_CHECKING:
@@ -89,6 +89,45 @@ def write_manifest(corpus: Corpus, tag: str, district_ids: list[str]) -> Path:
                 ]
             )
     return path
+
+
+def add_cpu_figures(results: Results, operation: str, satchel: list[CPU], raw: list[CPU]) -> None:
+    """``{operation}_cpu_ms_per_doc`` and its raw counterpart, each split by process in
+    its note, and ``{operation}_cpu_ratio``: raw ÷ Satchel CPU per document, round by
+    round, which is what the speed ratio comes to when the cores are the limit."""
+
+    def split(samples: list[CPU]) -> str:
+        parts = [
+            ("client", median([c.client for c in samples])),
+            ("S3 server", median([c.s3 for c in samples])),
+            ("PostgreSQL", median([c.database for c in samples])),
+        ]
+        return ", ".join(f"{name} {value:.2f}" for name, value in parts)
+
+    totals = [c.total for c in satchel]
+    raw_totals = [c.total for c in raw]
+    ratios = [r / s for s, r in zip(totals, raw_totals, strict=True)]
+    results.add(
+        f"{operation}_cpu_ms_per_doc",
+        median(totals),
+        "ms",
+        samples=totals,
+        note=f"CPU per document, all processes: {split(satchel)}",
+    )
+    results.add(
+        f"{operation}_raw_cpu_ms_per_doc",
+        median(raw_totals),
+        "ms",
+        samples=raw_totals,
+        note=f"the same for boto3: {split(raw)}",
+    )
+    results.add(
+        f"{operation}_cpu_ratio",
+        median(ratios),
+        "x raw",
+        samples=ratios,
+        note="raw ÷ Satchel CPU per document",
+    )
 
 
 def _parallel(workers: int, work: Callable[[int], object], count: int) -> float:
@@ -170,20 +209,30 @@ def test_ingest_and_read_vs_raw_s3(
     raw_get(keys)
     drop_raw(keys)
 
-    mb = corpus.megabytes
+    mb, docs = corpus.megabytes, len(corpus.names)
     ingest, put, read, get = [], [], [], []
+    # CPU per document of each side, read around (not inside) the timed work.
+    cpu: dict[str, list[CPU]] = {"ingest": [], "put": [], "read": [], "get": []}
     for round_ in range(rounds):
         order = ("raw", "satchel") if round_ % 2 == 0 else ("satchel", "raw")
         for side in order:
             if side == "raw":
+                before = cpu_now()
                 seconds, keys = raw_put(f"r{round_}")
+                between = cpu_now()
                 put.append(mb / seconds)
                 get.append(mb / raw_get(keys))
+                cpu["put"].append((between - before).per(docs))
+                cpu["get"].append((cpu_now() - between).per(docs))
                 drop_raw(keys)
             else:
+                before = cpu_now()
                 seconds, ids = satchel_ingest(f"r{round_}")
+                between = cpu_now()
                 ingest.append(mb / seconds)
                 read.append(mb / satchel_read(guardian, ids))
+                cpu["ingest"].append((between - before).per(docs))
+                cpu["read"].append((cpu_now() - between).per(docs))
 
     ingest_ratios = [s / r for s, r in zip(ingest, put, strict=True)]
     read_ratios = [s / r for s, r in zip(read, get, strict=True)]
@@ -225,4 +274,6 @@ def test_ingest_and_read_vs_raw_s3(
         note=f"boto3 get_object, {READERS} threads",
     )
     results.add("read_ratio", median(read_ratios), "x raw", samples=read_ratios, note="goal ≥ 0.85")
+    for satchel, raw in (("ingest", "put"), ("read", "get")):
+        add_cpu_figures(results, satchel, cpu[satchel], cpu[raw])
     assert all(r > 0 for r in ingest_ratios + read_ratios)
