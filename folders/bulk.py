@@ -97,6 +97,9 @@ _REMOVE_INTENTS = delete(IngestIntent).where(
 _INTENTS = select(IngestIntent.object_key, IngestIntent.created_at).order_by(
     IngestIntent.created_at, IngestIntent.object_key
 )
+_INTENT_CREATED_AT = select(IngestIntent.created_at).where(
+    IngestIntent.object_key == bindparam("object_key")
+)
 
 
 class ManifestError(InvalidInput):
@@ -627,7 +630,7 @@ class BulkIngest:
                     settled.add(object_key)
                     continue
                 with contextlib.suppress(StorageError, SQLAlchemyError):
-                    # Whatever cannot be settled now stays marked for the next run.
+                    # Whatever cannot be settled now keeps its intent for the next run.
                     self._settle(object_key)
         self._audit.maybe_checkpoint()
         return RowResult(
@@ -832,9 +835,7 @@ class IngestIntents:
     def created_at(self, object_key: str) -> datetime | None:
         """When the intent for ``object_key`` was committed, or None if there is none."""
         with _autocommit(self._engine) as connection:
-            return connection.scalar(
-                select(IngestIntent.created_at).where(IngestIntent.object_key == object_key)
-            )
+            return connection.scalar(_INTENT_CREATED_AT, {"object_key": object_key})
 
 
 class _Journaled(ForwardingStore):

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Engine, Insert, and_, bindparam, func, insert, inspect, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from folders.categories import Category
 from folders.db import reading_session
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import (
+    Base,
     Document,
     DocumentVersion,
     Grant,
@@ -70,37 +71,22 @@ _DOCUMENT_FOR_GUARDIAN = (
 )
 
 
+def _insert_all_columns(model: type[Base], prefix: str) -> Insert:
+    """An INSERT of every column of ``model``, each bound to ``prefix`` + its attribute."""
+    return insert(model).values(
+        {attr.columns[0]: bindparam(prefix + attr.key) for attr in inspect(model).column_attrs}
+    )
+
+
+def _column_values(row: Base, prefix: str) -> dict[str, Any]:
+    """``row``'s column values, named as :func:`_insert_all_columns` binds them."""
+    return {prefix + attr.key: getattr(row, attr.key) for attr in inspect(row).mapper.column_attrs}
+
+
 # A new document with its first version. On PostgreSQL both rows go in one statement
 # (the document's INSERT in a WITH clause), a round trip fewer; SQLite takes the two.
-_INSERT_DOCUMENT = insert(Document).values(
-    id=bindparam("document_id"),
-    student_id=bindparam("student_id"),
-    category=bindparam("category"),
-    title=bindparam("title"),
-    school_year=bindparam("school_year"),
-    effective_date=bindparam("effective_date"),
-    created_by=bindparam("created_by"),
-    created_at=bindparam("created_at"),
-    ingest_key=bindparam("ingest_key"),
-)
-_INSERT_VERSION = insert(DocumentVersion).values(
-    id=bindparam("version_id"),
-    document_id=bindparam("document_id"),
-    number=bindparam("number"),
-    object_key=bindparam("object_key"),
-    size=bindparam("size"),
-    stored_size=bindparam("stored_size"),
-    plaintext_sha256=bindparam("plaintext_sha256"),
-    mime_type=bindparam("mime_type"),
-    page_count=bindparam("page_count"),
-    original_filename=bindparam("original_filename"),
-    format_version=bindparam("format_version"),
-    wrapped_dek=bindparam("wrapped_dek"),
-    key_id=bindparam("key_id"),
-    key_version=bindparam("key_version"),
-    uploaded_by=bindparam("uploaded_by"),
-    uploaded_at=bindparam("uploaded_at"),
-)
+_INSERT_DOCUMENT = _insert_all_columns(Document, "document_")
+_INSERT_VERSION = _insert_all_columns(DocumentVersion, "version_")
 _INSERT_DOCUMENT_AND_VERSION = _INSERT_VERSION.add_cte(_INSERT_DOCUMENT.cte("new_document"))
 
 
@@ -273,32 +259,7 @@ class Documents:
         )
         version = self._version_row(actor, document_id, version_id, 1, stored)
         # Plain INSERTs, built once: the ORM's unit of work costs more than the rest.
-        rows = {
-            "document_id": document_id,
-            "student_id": student_id,
-            "category": category,
-            "title": title,
-            "school_year": school_year,
-            "effective_date": effective_date,
-            "created_by": document.created_by,
-            "created_at": now,
-            "ingest_key": ingest_key,
-            "version_id": version_id,
-            "number": version.number,
-            "object_key": version.object_key,
-            "size": version.size,
-            "stored_size": version.stored_size,
-            "plaintext_sha256": version.plaintext_sha256,
-            "mime_type": version.mime_type,
-            "page_count": version.page_count,
-            "original_filename": version.original_filename,
-            "format_version": version.format_version,
-            "wrapped_dek": version.wrapped_dek,
-            "key_id": version.key_id,
-            "key_version": version.key_version,
-            "uploaded_by": version.uploaded_by,
-            "uploaded_at": version.uploaded_at,
-        }
+        rows = _column_values(document, "document_") | _column_values(version, "version_")
         with Session(self._engine) as session, session.begin():
             connection = session.connection()
             if connection.dialect.name == "postgresql":

@@ -24,7 +24,7 @@ import re
 import stat
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,9 +72,8 @@ _PREFIX = re.compile(rf"(?:{_SEGMENT}/)*(?:{_SEGMENT})?")
 _MAX_KEY_LENGTH = 512
 
 _COPY_CHUNK = 1024 * 1024
-# S3 allows at most 10,000 parts per multipart upload and 1,000 keys per DeleteObjects.
+# S3 allows at most 10,000 parts per multipart upload.
 _MAX_PARTS = 10_000
-_MAX_DELETE_KEYS = 1000
 
 
 @dataclass(frozen=True)
@@ -161,18 +160,6 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
-    def delete_many(self, keys: Sequence[str]) -> None:
-        """Remove every key in ``keys``, as :meth:`delete` does each.
-
-        A store that can delete many objects in one request does so. Raises
-        ``ValueError`` for an invalid key (before anything is deleted) and the errors of
-        :meth:`delete`; after a failure some of the keys may be gone already.
-        """
-        for key in keys:
-            validate_key(key)
-        for key in keys:
-            self.delete(key)
-
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``.
@@ -212,9 +199,6 @@ class ForwardingStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._store.delete(key)
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self._store.delete_many(keys)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._store.list(prefix)
@@ -571,27 +555,6 @@ class S3ObjectStore(ObjectStore):
             self._client.delete_object(Bucket=self._bucket, Key=self._full_key(key))
         except (BotoCoreError, ClientError) as e:
             raise self._error(e, "delete", key) from e
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        full_keys = [self._full_key(key) for key in keys]
-        for start in range(0, len(full_keys), _MAX_DELETE_KEYS):
-            batch = full_keys[start : start + _MAX_DELETE_KEYS]
-            try:
-                response = self._client.delete_objects(
-                    Bucket=self._bucket,
-                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
-                )
-            except (BotoCoreError, ClientError) as e:
-                raise self._error(e, "delete", batch[0][len(self._prefix) :]) from e
-            # DeleteObjects answers 200 and lists the keys it could not delete.
-            errors = response.get("Errors", [])
-            if errors:
-                first = errors[0]
-                key = str(first.get("Key", ""))[len(self._prefix) :]
-                raise StorageError(
-                    f"{self.description}: cannot delete {key!r} and {len(errors) - 1} more: "
-                    f"{first.get('Code', '')} {first.get('Message', '')}"
-                )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)

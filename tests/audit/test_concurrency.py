@@ -63,32 +63,43 @@ def postgres_engine(postgres_server: PostgresServer, postgres_template: str) -> 
     postgres_server.drop_database(name)
 
 
+def _run_writers(write: Callable[[int], None]) -> None:
+    """Run ``write(writer)`` on ``WRITERS`` threads released at once; fail with the first
+    exception any of them raised."""
+    start = threading.Barrier(WRITERS)
+    failures: list[BaseException] = []
+
+    def run(writer: int) -> None:
+        try:
+            start.wait()
+            write(writer)
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 @pytest.mark.postgres
 def test_eight_writers_on_postgresql_leave_a_gapless_chain_that_verifies(
     postgres_engine: Engine, tmp_path: Path
 ) -> None:
     make_log(postgres_engine, tmp_path)  # creates the shared signing key once
     engine = make_engine(postgres_engine.url, pool_size=WRITERS + 2)
-    start = threading.Barrier(WRITERS)
-    failures: list[BaseException] = []
+    logs = [make_log(engine, tmp_path) for _ in range(WRITERS)]
 
     def write(writer: int) -> None:
-        try:
-            log = make_log(engine, tmp_path)
-            start.wait()
-            for number in range(APPENDS):
-                log.record(_event(writer, number))
-                if number % 50 == 49:
-                    log.checkpoint()
-        except BaseException as e:  # reported by the main thread
-            failures.append(e)
+        for number in range(APPENDS):
+            logs[writer].record(_event(writer, number))
+            if number % 50 == 49:
+                logs[writer].checkpoint()
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    _run_writers(write)
     _assert_gapless_and_in_each_writers_order(engine, WRITERS, APPENDS)
     final = make_log(engine, tmp_path)
     final.checkpoint()
@@ -168,29 +179,18 @@ def test_threads_sharing_one_log_keep_a_gapless_chain_in_each_threads_order(
     engine: Engine, tmp_path: Path
 ) -> None:
     log = make_log(engine, tmp_path)
-    start = threading.Barrier(WRITERS)
     recorded: dict[int, list[int]] = {}
-    failures: list[BaseException] = []
 
     def write(writer: int) -> None:
-        try:
-            start.wait()
-            mine = []
-            for number in range(100):
-                event = _event(writer, number)
-                entry = log.record(event)
-                assert entry.event == event  # each caller gets its own event back
-                mine.append(entry.sequence)
-            recorded[writer] = mine
-        except BaseException as e:  # reported by the main thread
-            failures.append(e)
+        mine = []
+        for number in range(100):
+            event = _event(writer, number)
+            entry = log.record(event)
+            assert entry.event == event  # each caller gets its own event back
+            mine.append(entry.sequence)
+        recorded[writer] = mine
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    _run_writers(write)
     _assert_gapless_and_in_each_writers_order(engine, WRITERS, 100)
     assert sorted(s for mine in recorded.values() for s in mine) == list(
         range(1, WRITERS * 100 + 1)

@@ -587,7 +587,6 @@ class ObservedStore(ForwardingStore):
         super().__init__(store)
         self.puts: list[str] = []
         self.deleted: list[str] = []
-        self.batches: list[list[str]] = []
 
     def put(
         self,
@@ -603,10 +602,6 @@ class ObservedStore(ForwardingStore):
     def delete(self, key: str) -> None:
         self.deleted.append(key)
         super().delete(key)
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self.batches.append(list(keys))
-        super().delete_many(keys)
 
 
 def observed_bulk(runtime: Runtime, store: ObservedStore) -> BulkIngest:
@@ -633,7 +628,7 @@ def test_each_object_is_one_put_and_intents_of_committed_rows_go_in_one_batch(
     # The store saw one put per stored object and nothing else: no object was put for
     # the refused file, so nothing was deleted.
     assert sorted(store.puts) == sorted(committed)
-    assert store.deleted == [] and store.batches == []
+    assert store.deleted == []
     # An intent committed before each put; all six removed in one statement.
     assert len([s for s in sent if s.startswith("INSERT INTO ingest_intents")]) == 6
     assert len([s for s in sent if s.startswith("DELETE FROM ingest_intents")]) == 1

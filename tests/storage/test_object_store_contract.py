@@ -186,28 +186,6 @@ class ObjectStoreContract:
             store.head("docs/gone")
         assert list(store.list()) == []
 
-    def test_delete_many_removes_each_listed_key_and_tolerates_missing(
-        self, store: ObjectStore
-    ) -> None:
-        for key in ("docs/a", "docs/b", "docs/c", "other/a"):
-            store.put(key, io.BytesIO(b"x"))
-
-        store.delete_many(["docs/a", "docs/c", "never/was", "docs/a"])
-        store.delete_many([])
-
-        assert sorted(i.key for i in store.list()) == ["docs/b", "other/a"]
-
-    @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
-    def test_delete_many_checks_every_key_before_deleting_any(
-        self, store: ObjectStore, key: str
-    ) -> None:
-        store.put("docs/kept", io.BytesIO(b"x"))
-
-        with pytest.raises(ValueError, match="invalid object key"):
-            store.delete_many(["docs/kept", key])
-
-        assert store.head("docs/kept").size == 1
-
     @pytest.mark.parametrize(
         "size, hint",
         [(1000, 10), (1000, 5000), (0, 100), (1000, 0), (1000, 1000), (9 * MIB, 1000)],
@@ -468,33 +446,6 @@ class TestS3Specifics:
         assert not isinstance(caught.value, StorageUnavailable | ObjectNotFound)
         with pytest.raises(ObjectNotFound):
             s3_store.head("docs/forbidden")
-
-    def test_delete_many_sends_one_request_per_batch(
-        self, s3_server: S3Service, s3_bucket: str, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr("storage.objects._MAX_DELETE_KEYS", 3)
-        client = s3_server.client()
-        store = S3ObjectStore(client, s3_bucket, s3_prefix)
-        keys = [f"docs/{n}" for n in range(7)]
-        for key in keys:
-            store.put(key, io.BytesIO(b"x"))
-        sent = RecordedOperations(client)
-
-        store.delete_many(keys)
-
-        assert sent.names == ["DeleteObjects"] * 3
-        assert list(store.list()) == []
-
-    def test_delete_many_refused_is_a_storage_error(
-        self, s3_server: S3Service, s3_store: S3ObjectStore, s3_bucket: str, s3_prefix: str
-    ) -> None:
-        s3_store.put("docs/shared", io.BytesIO(b"readable"))
-        reader = S3ObjectStore(s3_server.client(read_only=True), s3_bucket, s3_prefix)
-
-        with pytest.raises(StorageError, match="docs/shared"):
-            reader.delete_many(["docs/shared"])
-
-        assert read_all(s3_store, "docs/shared") == b"readable"
 
     def test_missing_bucket_is_named(self, s3_client: S3Client) -> None:
         store = S3ObjectStore(s3_client, "satchel-no-such-bucket")
