@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 from flask import Flask
@@ -35,8 +36,32 @@ def _create_app() -> Flask:
     return create_app(Settings.load())
 
 
+class _SatchelGroup(FlaskGroup):
+    """Flask's command group (commands and views share one app factory) without Flask's
+    own options and environment variables.
+
+    ``--app``, ``--env-file`` and ``--debug`` would do nothing here: the app and its
+    settings come from Satchel's configuration alone (``create_app`` wins over
+    ``--app``, no dotenv files are read, debug mode is never set). Nor is any option
+    read from ``FLASK_*`` variables.
+    """
+
+    def __init__(self, **extra: Any) -> None:
+        extra.setdefault("context_settings", {})["auto_envvar_prefix"] = None
+        super().__init__(**extra)
+        self.params = [p for p in self.params if p.name not in _FLASK_OPTIONS]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # FlaskGroup's own parse_args reads FLASK_APP and FLASK_ENV_FILE for the options
+        # removed above; Satchel has no use for them.
+        return click.Group.parse_args(self, ctx, args)
+
+
+_FLASK_OPTIONS = frozenset({"app", "env_file", "debug"})
+
+
 @click.group(
-    cls=FlaskGroup,
+    cls=_SatchelGroup,
     create_app=_create_app,
     add_default_commands=False,
     add_version_option=False,

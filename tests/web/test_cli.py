@@ -148,6 +148,37 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage: " in result.output and len(result.output.splitlines()) > 3
 
 
+def test_help_offers_no_flask_options_that_would_do_nothing() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    options = result.output.split("Options:")[1].split("Commands:")[0]
+    assert "--help" in options
+    for flask_option in ("--app", "--env-file", "--debug"):
+        assert flask_option not in options
+
+
+@pytest.mark.parametrize("option", ["--app=web.wsgi", "--env-file=x.env", "--debug"])
+def test_flask_options_are_usage_errors(option: str) -> None:
+    result = CliRunner().invoke(cli, [option, "config", "show"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_flask_variables_set_no_option(tmp_path: Path) -> None:
+    """FLASK_* variables name nothing here: not the app, an env file or an option."""
+    result = CliRunner().invoke(
+        cli,
+        ["config", "show"],
+        env={
+            "SATCHEL_DATA_DIR": str(tmp_path),
+            "FLASK_APP": "no_such_module:app",
+            "FLASK_ENV_FILE": str(tmp_path / "missing.env"),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path) in result.output
+
+
 def _console(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("satchel")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SATCHEL_")}
