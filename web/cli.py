@@ -69,6 +69,7 @@ _FLASK_OPTIONS = frozenset({"app", "env_file", "debug"})
     set_debug_flag=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+@click.version_option(package_name="satchel", prog_name="satchel", message="%(prog)s %(version)s")
 def cli() -> None:
     """Satchel: the encrypted cumulative student folder vault.
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import socket
 import stat
@@ -146,6 +147,12 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage: " in result.output and len(result.output.splitlines()) > 3
+
+
+def test_version_is_satchels() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"satchel {importlib.metadata.version('satchel')}\n"
 
 
 def test_help_offers_no_flask_options_that_would_do_nothing() -> None:
