@@ -77,7 +77,13 @@ def student_add(
 
 @student.command("find")
 @click.argument("query", default="")
-@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--page",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Which page of results, 25 students each.",
+)
 @AS_OPTION
 @with_appcontext
 @reports_errors
