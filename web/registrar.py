@@ -7,6 +7,7 @@ guardians; share with guardians and revoke.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -17,20 +18,23 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 
+from audit.errors import AuditError
 from audit.events import Action
 from folders.actor import Actor
 from folders.categories import RETENTION, Category
 from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
 from folders.documents import DocumentInfo, check_school_year, parse_category
-from folders.errors import InvalidInput, NotFound
+from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
 from folders.grants import GrantStatus
 from folders.models import GrantScope, Relationship, Role
-from storage.errors import ContentRejected
+from storage.errors import ContentRejected, StorageError
 from web import pages
 from web.auth import current_actor, guard_role
 from web.context import runtime
 from web.downloads import stream_document
 from web.errors import status_for
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("registrar", __name__, url_prefix="/registrar")
 guard_role(bp, Role.REGISTRAR)
@@ -188,21 +192,41 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
 
     # A title given with one file is used; otherwise each title comes from its file name.
     given_title = values["title"].strip() if len(files) == 1 else ""
-    outcomes = [
-        _store_one(
-            actor,
-            student_id,
-            f,
-            category,
-            school_year,
-            given_title or title_from_filename(f.filename or ""),
-        )
-        for f in files
-    ]
+    outcomes: list[UploadOutcome] = []
+    stopped: int | None = None  # the status of the failure that stopped the upload
+    for f in files:
+        name = f.filename or ""
+        if stopped is not None:
+            outcomes.append(UploadOutcome(name, reason=_NOT_TRIED, status=stopped))
+            continue
+        title = given_title or title_from_filename(name)
+        try:
+            outcomes.append(_store_one(actor, student_id, f, category, school_year, title))
+        except _INSTALLATION_FAILURES as e:
+            # Each file is stored whole or not at all, so the files before this one
+            # stay stored; the page says which, and the status says the upload failed.
+            failure = DatabaseUnavailable.from_cause(e) if isinstance(e, _DATABASE_CAUSES) else e
+            stopped = status_for(failure)
+            log.error("upload stopped at file %d of %d: %s", len(outcomes) + 1, len(files), e)
+            message = getattr(failure, "public_message", _NOT_TRIED)
+            outcomes.append(UploadOutcome(name, reason=message, status=stopped))
+    if stopped is not None:
+        return render({}, outcomes, stopped)
     # Some files stored is a success; nothing stored means the upload was refused
     # (413 only when every file was refused for its size).
     stored = any(o.document for o in outcomes)
     return render({}, outcomes, 200 if stored else max(o.status for o in outcomes))
+
+
+# Failures of the installation rather than of a file: they stop a multi-file upload.
+_DATABASE_CAUSES = DatabaseUnavailable.CAUSES
+_INSTALLATION_FAILURES: tuple[type[Exception], ...] = (
+    StorageError,
+    AuditError,
+    DatabaseUnavailable,
+    *_DATABASE_CAUSES,
+)
+_NOT_TRIED = "Not tried: the upload stopped at an earlier file. Upload it again later."
 
 
 def _store_one(
@@ -213,7 +237,10 @@ def _store_one(
     school_year: str | None,
     title: str,
 ) -> UploadOutcome:
-    """Store one file; a refusal of this file is reported, not raised, so the rest go on."""
+    """Store one file; a refusal of this file is reported, not raised, so the rest go on.
+
+    Failures of the installation (object store, audit log, database) are raised.
+    """
     name = upload_file.filename or ""
     try:
         info = runtime().documents.upload(

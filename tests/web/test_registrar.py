@@ -4,16 +4,21 @@ import hashlib
 import io
 import re
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from flask import Flask
 
+from audit.errors import AuditUnavailable
 from audit.events import Action
 from folders.categories import Category
 from folders.disclosures import DEFAULT_PURPOSE
 from folders.grants import GrantStatus
 from folders.models import GrantScope
 from folders.runtime import Runtime
+from storage.errors import StorageUnavailable
 from tests.support import samples
 from tests.support.people import Cast
 from tests.web import helpers
@@ -70,6 +75,67 @@ def test_multi_file_upload_stores_good_files_and_reports_each_refusal(
     folder = runtime.documents.list_folder(cast.registrar, cast.child.id)
     assert sorted(d.title for d in folder) == ["fall report card", "scan-2"]
     assert all(d.category is Category.REPORT_CARD and d.school_year == "2025-2026" for d in folder)
+
+
+@pytest.mark.parametrize("failing", ["object store", "audit log"])
+def test_multi_file_upload_stopped_by_a_failure_says_which_files_are_stored(
+    app: Flask, runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The files before the failure stay stored and the page says so: no "nothing was
+    changed" for an upload that changed something, and no half-stored second file."""
+    calls = 0
+
+    def second_document_fails(
+        original: Callable[..., Any], error: Exception, *, key_prefix: str = ""
+    ) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            # The store also receives audit checkpoints: only documents' objects count.
+            if str(args[0]).startswith(key_prefix):
+                calls += 1
+                if calls == 2:
+                    raise error
+            return original(*args, **kwargs)
+
+        return call
+
+    if failing == "object store":
+        store = runtime.vault.store
+        error: Exception = StorageUnavailable("s3.example", "connection refused")
+        put = second_document_fails(store.put, error, key_prefix="versions/")
+        monkeypatch.setattr(store, "put", put)
+    else:
+        log = runtime.audit_log
+        error = AuditUnavailable("the audit insert failed")
+        monkeypatch.setattr(log, "append", second_document_fails(log.append, error))
+    client = signed_in(app, cast.registrar.email)
+    response = post(
+        client,
+        f"/registrar/students/{cast.child.id}/upload",
+        {
+            "form": "multi",
+            "category": "report_card",
+            "school_year": "2025-2026",
+            "files": [
+                (io.BytesIO(samples.make_pdf(pages=1, text=f"page {n}")), f"card_{n}.pdf")
+                for n in (1, 2, 3)
+            ],
+        },
+        content_type="multipart/form-data",
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 503, html
+    assert "1 file was stored" in html and "2 files were not stored" in html
+    rejected = re.search(r'<div role="alert" class="rejected">(.*?)</div>', html, re.S)
+    assert rejected is not None
+    assert f"<strong>card_2.pdf</strong>: {type(error).public_message}" in rejected.group(1)
+    assert "<strong>card_3.pdf</strong>: Not tried" in rejected.group(1)
+    assert "nothing was changed" not in html.lower()
+    [document] = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    assert document.title == "card 1"
+    assert len(list(runtime.store.list("versions/"))) == 1  # no object of card_2.pdf
+    uploads = events(runtime, Action.DOCUMENT_UPLOAD)
+    assert [e.event.document_id for e in uploads] == [str(document.id)]
 
 
 def test_single_upload_uses_the_title_and_all_refused_is_422(
