@@ -257,7 +257,7 @@ class Page(Generic[T]):
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
+        return _last_page(self.total, self.per_page)
 
     @property
     def has_previous(self) -> bool:
@@ -266,6 +266,11 @@ class Page(Generic[T]):
     @property
     def has_next(self) -> bool:
         return self.page < self.pages
+
+
+def _last_page(total: int, per_page: int) -> int:
+    """The number of the last page of ``total`` matches (1 when there are none)."""
+    return max(1, -(-total // per_page))
 
 
 @dataclass(frozen=True)
@@ -791,7 +796,8 @@ class AuditLog:
         """Events matching every given filter, newest first, one page at a time.
 
         Each event is read from its signed entry (the queryable columns only select).
-        ``since`` is inclusive, ``until`` exclusive. Raises ``ValueError`` for a page
+        ``since`` is inclusive, ``until`` exclusive; a page past the last is the last
+        page (a stale link, or fewer matches since). Raises ``ValueError`` for a page
         below 1, ``per_page`` outside 1..500 or a naive time; :class:`AuditUnavailable`;
         :class:`AuditError` if a selected entry is damaged.
         """
@@ -811,6 +817,7 @@ class AuditLog:
                 total = connection.execute(
                     select(func.count()).select_from(EVENTS).where(*where)
                 ).scalar_one()
+                page = min(page, _last_page(total, per_page))
                 entries = connection.execute(
                     select(EVENTS.c.sequence, EVENTS.c.entry)
                     .where(*where)

@@ -183,7 +183,8 @@ class Disclosures:
         per_page: int,
         with_detail: bool,
     ) -> Page[Disclosure]:
-        """Matching events newest first; ``per_page`` 0 means all on one page."""
+        """Matching events newest first; ``per_page`` 0 means all on one page, and a
+        page past the last is the last page."""
         matching = [
             recorded
             for recorded in self._audit.events(EventFilter(student_id=str(student_id)))
@@ -194,7 +195,7 @@ class Disclosures:
         matching.reverse()
         total = len(matching)
         size = per_page or max(1, total)
-        page = max(1, page)
+        page = min(max(1, page), max(1, -(-total // size)))
         chosen = matching[(page - 1) * size : page * size]
         titles = self._titles({r.event.document_id for r in chosen if r.event.document_id})
         items = tuple(

@@ -188,7 +188,8 @@ class Students:
     def find_students(
         self, actor: Actor, query: str, *, page: int = 1, per_page: int = 25
     ) -> Page[StudentInfo]:
-        """Staff search by name or district/state id, case-insensitive, paginated."""
+        """Staff search by name or district/state id, case-insensitive, paginated (a page
+        past the last is the last page)."""
         self._require(actor, Permission.LIST_FOLDER)
         page, per_page = max(1, page), min(max(1, per_page), 100)
         terms = query.split()
@@ -198,6 +199,7 @@ class Students:
         with Session(self._engine) as session:
             base = select(Student).where(*condition)
             total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+            page = min(page, max(1, -(-total // per_page)))  # past the last: the last
             rows = session.scalars(
                 base.order_by(Student.family_name, Student.given_name, Student.district_id)
                 .offset((page - 1) * per_page)

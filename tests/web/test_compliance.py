@@ -99,6 +99,10 @@ def test_search_form_errors_and_pagination(app: Flask, runtime: Runtime, cast: C
     assert "62 events" in page and "Page 1 of 2" in page and len(_sequences(page)) == 50
     second = client.get("/compliance/", query_string={"action": "student.create", "page": 2})
     assert len(_sequences(second.get_data(as_text=True))) == 12
+    # A page past the last (a stale link) shows the last page.
+    past = client.get("/compliance/", query_string={"action": "student.create", "page": 500})
+    html = past.get_data(as_text=True)
+    assert "Page 2 of 2" in html and _sequences(html) == _sequences(second.get_data(as_text=True))
 
 
 def test_export_csv_is_streamed_and_audited(app: Flask, runtime: Runtime, cast: Cast) -> None:

@@ -135,6 +135,9 @@ def test_access_history_shows_staff_actions_not_other_guardians(
     assert "Shared records with you" in rows[1]
     assert cast.other_parent.email not in html  # neither their grant nor their download
     assert not any("(guardian)" in row for row in rows)
+    # A page past the last (a stale link) shows the last page, not "no one looked yet".
+    stale = client.get(f"/guardian/students/{cast.child.id}/history?page=999")
+    assert re.findall(r"<tr[^>]*>(.*?)</tr>", stale.get_data(as_text=True), re.S)[1:] == rows
 
 
 def test_a_guardian_sees_only_their_own_students(app: Flask, cast: Cast) -> None:

@@ -43,6 +43,8 @@ def test_find_students_by_name_and_id_paginated(app: Flask, runtime: Runtime, ca
     assert first.count("Paginated, Pat") == 25
     second = client.get("/registrar/?q=paginated&page=2").get_data(as_text=True)
     assert second.count("Paginated, Pat") == 2 and 'rel="prev"' in second
+    past = client.get("/registrar/?q=paginated&page=5").get_data(as_text=True)
+    assert "Page 2 of 2" in past and past.count("Paginated, Pat") == 2  # the last page
 
 
 def test_multi_file_upload_stores_good_files_and_reports_each_refusal(
