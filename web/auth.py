@@ -103,7 +103,13 @@ def guard_role(blueprint: Blueprint, role: Role) -> None:
         if user is None:
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
         if user.role is not role:
-            abort(403)
+            abort(
+                403,
+                description=(
+                    f"This page is for {role.value} accounts; "
+                    f"you are signed in as {user.role.value}."
+                ),
+            )
         return None
 
 

@@ -75,7 +75,9 @@ def test_login_lands_on_the_role_home(
     assert client.get(home).status_code == 200
     for other in ROLE_HOMES:
         if other != home:
-            assert client.get(other).status_code == 403
+            refused = client.get(other)
+            assert refused.status_code == 403
+            assert "accounts; you are signed in as" in refused.get_data(as_text=True)
 
 
 def test_wrong_password_is_401_and_says_nothing_specific(

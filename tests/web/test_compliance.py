@@ -170,10 +170,10 @@ def test_printable_record_of_disclosures(app: Flask, runtime: Runtime, cast: Cas
     ):
         assert text in html
     assert "Amara" not in html
-    assert (
-        client.get("/compliance/disclosures", query_string={"district_id": "NOPE"}).status_code
-        == 404
-    )
+    unknown = client.get("/compliance/disclosures", query_string={"district_id": "NOPE"})
+    assert unknown.status_code == 404
+    summary = re.search(r'<div class="error-summary" role="alert".*?</div>', unknown.text, re.S)
+    assert summary is not None and 'href="#district_id"' in summary.group(0)
     assert events(runtime, Action.AUDIT_QUERY)[0].event.student_id == str(cast.child.id)
     with client.get("/static/satchel.css") as css:
         assert "@media print" in css.get_data(as_text=True)
