@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             app.wsgi_app, x_for=s.proxy_hops, x_proto=s.proxy_hops, x_host=s.proxy_hops
         )
     security.init_app(app, s)
-    errors.init_app(app)
+    errors.init_app(app, max_upload_mb=s.max_upload_mb)
     app.register_blueprint(auth.bp)
     app.register_blueprint(registrar.bp)
     app.register_blueprint(guardian.bp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, render_template
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from audit.errors import AuditError, AuditUnavailable
 from folders.errors import (
@@ -61,7 +61,9 @@ def _render(code: int, message: str) -> tuple[str, int]:
     return render_template("error.html", code=code, message=message), code
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, *, max_upload_mb: int) -> None:
+    """Register the error pages; ``max_upload_mb`` is named when a request is too large."""
+
     @app.errorhandler(FoldersError)
     @app.errorhandler(StorageError)
     @app.errorhandler(AuditError)
@@ -80,6 +82,16 @@ def init_app(app: Flask) -> None:
 
     for cause in DatabaseUnavailable.CAUSES:
         app.register_error_handler(cause, _database_error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
+        # The whole request was refused before any file was read, so nothing was stored.
+        return _render(
+            413,
+            f"The upload is larger than the limit of {max_upload_mb} MB (for one file, or "
+            "for several files uploaded together), so nothing was stored. Upload several "
+            "files a few at a time; split a larger scan.",
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[str, int]:

@@ -165,6 +165,7 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
             values=values,
             errors=errors,
             outcomes=outcomes,
+            max_upload_mb=runtime().settings.max_upload_mb,
             stored=[o for o in outcomes if o.document],
             rejected=[o for o in outcomes if o.reason],
         )

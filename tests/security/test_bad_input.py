@@ -377,4 +377,5 @@ def test_a_body_over_the_request_limit_is_413_through_the_form(
     status, page = _upload(client, cast.child.id, data, "huge.pdf")
     assert status == 413
     assert "The upload is too large" in page
+    assert f"larger than the limit of {LIMIT_MB} MB" in page and "nothing was stored" in page
     assert _stored(runtime) == (0, 0, [], 0)
