@@ -43,7 +43,9 @@ class _SatchelGroup(FlaskGroup):
     ``--app``, ``--env-file`` and ``--debug`` would do nothing here: the app and its
     settings come from Satchel's configuration alone (``create_app`` wins over
     ``--app``, no dotenv files are read, debug mode is never set). Nor is any option
-    read from ``FLASK_*`` variables.
+    read from ``FLASK_*`` variables. Every command is registered on this group, so
+    listing or finding one never loads the app (whose settings may be wrong: only the
+    command that needs the app reports that) or other packages' Flask commands.
     """
 
     def __init__(self, **extra: Any) -> None:
@@ -55,6 +57,12 @@ class _SatchelGroup(FlaskGroup):
         # FlaskGroup's own parse_args reads FLASK_APP and FLASK_ENV_FILE for the options
         # removed above; Satchel has no use for them.
         return click.Group.parse_args(self, ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return click.Group.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return click.Group.get_command(self, ctx, cmd_name)
 
 
 _FLASK_OPTIONS = frozenset({"app", "env_file", "debug"})

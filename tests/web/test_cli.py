@@ -199,6 +199,18 @@ def _console(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
+def test_help_works_with_a_bad_setting_which_the_command_then_names(tmp_path: Path) -> None:
+    """Listing commands never loads the app, so a wrong setting cannot break --help."""
+    env = {"SATCHEL_DATA_DIR": str(tmp_path), "SATCHEL_NO_SUCH_SETTING": "1"}
+    for command in (["--help"], ["user", "--help"]):
+        listed = _console(*command, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert "Traceback" not in listed.stderr and "Usage: satchel" in listed.stdout
+    used = _console("config", "show", env=env)
+    assert used.returncode == 2
+    assert "configuration error: SATCHEL_NO_SUCH_SETTING" in used.stderr
+
+
 def test_console_script_config_show_masks_secrets(tmp_path: Path) -> None:
     result = _console(
         "config",
