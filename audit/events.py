@@ -76,6 +76,7 @@ class Action(StrEnum):
     AUDIT_VERIFY = "audit.verify"
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"
+    KEY_DESTROY = "key.destroy"
     KEY_SHRED = "key.shred"
     FSCK = "store.fsck"
     FSCK_REPAIR = "store.repair"

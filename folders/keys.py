@@ -160,6 +160,41 @@ class KeyManagement:
             event_for(actor, Action.KEY_RETIRE, detail=f"minimum decryption version {min_version}")
         )
 
+    def destroy_retired(self, actor: Actor, reason: str) -> list[int]:
+        """Erase the material of every retired keyring version for good; return the
+        versions erased (none when every retired version is erased already).
+
+        Every data key wrapped only under them, in this database or in any backup of it,
+        can never be unwrapped again: that is how crypto-shredding reaches backups. The
+        event is recorded first, so an erasure is never unrecorded. Raises Forbidden,
+        InvalidInput (no reason, or a data key in SQL is still wrapped under a retired
+        version, as after restoring an older database), AuditUnavailable, KeyringError.
+        """
+        self._require(actor)
+        why = clean_text(reason, "reason", max_length=500)
+        doomed = [v.version for v in self._keyring.status() if v.retired and not v.destroyed]
+        if not doomed:
+            return []
+        with Session(self._engine) as session:
+            still = session.scalar(
+                select(func.count())
+                .select_from(DocumentVersion)
+                .where(
+                    DocumentVersion.key_version.in_(doomed),
+                    DocumentVersion.wrapped_dek.is_not(None),
+                )
+            )
+        if still:
+            raise InvalidInput(
+                f"{still} data keys in the database are still wrapped under retired versions; "
+                "destroying them would lose those documents."
+            )
+        listed = ", ".join(str(v) for v in doomed)
+        self._audit.record(
+            event_for(actor, Action.KEY_DESTROY, detail=f"key versions {listed}: {why}")
+        )
+        return self._keyring.destroy_retired()
+
     def shred_version(self, actor: Actor, version_id: uuid.UUID, reason: str) -> None:
         """Crypto-shred one document version: destroy its data key, then its object.
 

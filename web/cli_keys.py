@@ -1,4 +1,4 @@
-"""``satchel keys``: keyring status, rotation, retirement, crypto-shredding."""
+"""``satchel keys``: keyring status, rotation, retirement, destruction, crypto-shredding."""
 
 from __future__ import annotations
 
@@ -79,6 +79,26 @@ def keys_retire(min_version: int) -> None:
     """Retire old versions once nothing is wrapped under them."""
     runtime().keys.retire_below(Actor.operator(), min_version)
     click.echo(f"versions below {min_version} retired")
+
+
+@keys.command("destroy")
+@click.option(
+    "--reason",
+    required=True,
+    help="Why (e.g. the backups that need them have expired); recorded.",
+)
+@click.confirmation_option(
+    prompt="Erase the retired key versions for good? Backups that need them become unreadable."
+)
+@with_appcontext
+@reports_errors
+def keys_destroy(reason: str) -> None:
+    """Erase retired key versions: every backup that needs them becomes unreadable."""
+    destroyed = runtime().keys.destroy_retired(Actor.operator(), reason)
+    if not destroyed:
+        click.echo("no retired key version left to destroy")
+        return
+    click.echo(f"key versions {', '.join(str(v) for v in destroyed)} destroyed")
 
 
 @keys.command("shred")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from audit.events import Action
 from folders.actor import Actor
 from folders.errors import InvalidInput, NotFound
 from folders.models import DocumentVersion
@@ -63,6 +66,59 @@ def test_shredding_a_version_makes_it_unrecoverable(runtime: Runtime, cast: Cast
     assert runtime.audit_log.query(per_page=1).items[0].event.action.value == "key.shred"
     with pytest.raises(NotFound):
         runtime.keys.shred_version(OPERATOR, version.id, "again")
+
+
+def test_destroying_retired_versions_makes_an_older_backup_unreadable(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    with Session(runtime.engine) as session:
+        row = session.scalars(select(DocumentVersion)).one()
+        backup = (row.wrapped_dek, row.key_id, row.key_version)  # as an older dump holds it
+    runtime.keys.rotate(OPERATOR)
+    with pytest.raises(InvalidInput, match="reason"):
+        runtime.keys.destroy_retired(OPERATOR, " ")
+    assert runtime.keys.destroy_retired(OPERATOR, "Backups expired") == []  # none retired
+    runtime.keys.retire_below(OPERATOR, 2)
+
+    assert runtime.keys.destroy_retired(OPERATOR, "Backups of 2024 expired") == [1]
+
+    assert [(v.version, v.destroyed) for v in runtime.keys.status(OPERATOR)] == [
+        (1, True),
+        (2, False),
+    ]
+    [event] = [e for e in runtime.audit_log.events() if e.event.action is Action.KEY_DESTROY]
+    assert event.event.detail == "key versions 1: Backups of 2024 expired"
+    assert runtime.keys.destroy_retired(OPERATOR, "again") == []
+    # The key file no longer holds version 1, so no edit of it brings the older dump back;
+    # the current database still opens the document.
+    stored = json.loads(runtime.settings.keyring_path.read_text())
+    assert [v["key"] is None for v in stored["versions"]] == [True, False]
+    wrapped, key_id, version = backup
+    assert wrapped is not None
+    with pytest.raises(KeyringError):
+        runtime.keyring.unwrap(wrapped, key_id, version, b"")
+    opened = runtime.documents.open(cast.registrar, document.id, purpose="Records check")
+    assert b"".join(opened.chunks).startswith(b"%PDF")
+
+
+def test_destroying_is_refused_while_the_database_needs_a_retired_version(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    with Session(runtime.engine) as session:
+        old = session.scalars(select(DocumentVersion)).one()
+        stale = (old.wrapped_dek, old.key_id, old.key_version)
+    runtime.keys.rotate(OPERATOR)
+    runtime.keys.retire_below(OPERATOR, 2)
+    with Session(runtime.engine) as session, session.begin():
+        row = session.scalars(select(DocumentVersion)).one()
+        row.wrapped_dek, row.key_id, row.key_version = stale  # an older database restored
+
+    with pytest.raises(InvalidInput, match="still wrapped under retired versions"):
+        runtime.keys.destroy_retired(OPERATOR, "Backups expired")
+    assert not any(v.destroyed for v in runtime.keys.status(OPERATOR))
+    assert not any(e.event.action is Action.KEY_DESTROY for e in runtime.audit_log.events())
 
 
 def test_only_admins_and_the_operator_manage_keys(runtime: Runtime, cast: Cast) -> None:

@@ -274,6 +274,14 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     assert status[2].split()[-2:] == ["active", "6"]
     assert satchel("keys", "retire", "--below", "2").exit_code == 0
     assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["retired", "0"]
+    unconfirmed = satchel("keys", "destroy", "--reason", "Backups of 2024 expired")
+    assert unconfirmed.exit_code == 1 and "Aborted" in unconfirmed.output
+    assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["retired", "0"]
+    destroyed = satchel("keys", "destroy", "--reason", "Backups of 2024 expired", "--yes")
+    assert destroyed.exit_code == 0 and "key versions 1 destroyed" in destroyed.output
+    assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["destroyed", "0"]
+    again = satchel("keys", "destroy", "--reason", "Backups of 2024 expired", "--yes")
+    assert "no retired key version left to destroy" in again.output
 
 
 def test_user_link_prints_a_one_time_password_link(
