@@ -156,7 +156,11 @@ def pubkey() -> None:
     required=True,
     help="csv for spreadsheets; jsonl for the exact signed entries.",
 )
-@click.option("--student", "student_id", help="Only events about this student id.")
+@click.option(
+    "--student",
+    "student_id",
+    help="Only events about this student: a district id, or Satchel's id of the student.",
+)
 @click.option("--actor", "actor_email", help="Only events by this email address.")
 @click.option("--since", type=_DATE, help="From this UTC day (YYYY-MM-DD), inclusive.")
 @click.option("--until", type=_DATE, help="Up to this UTC day (YYYY-MM-DD), inclusive.")
@@ -181,7 +185,7 @@ def export(
         raise click.BadParameter("must be before 9999-12-31", param_hint="--until")
     where = EventFilter(
         actor_email=actor_email.strip().lower() if actor_email else None,
-        student_id=student_id.strip() if student_id else None,
+        student_id=_student_filter(student_id),
         since=since.replace(tzinfo=UTC) if since else None,
         until=until.replace(tzinfo=UTC) + timedelta(days=1) if until else None,
     )
@@ -209,6 +213,18 @@ def _record_export(log: AuditLog, fmt: str, where: EventFilter) -> None:
             Actor.operator(), Action.AUDIT_EXPORT, student_id=student, detail=" ".join(filters)
         )
     )
+
+
+def _student_filter(value: str | None) -> str | None:
+    """Satchel's id of the student named by ``value``: that id itself, or a district id
+    (NotFound if no student has it); None without a value."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    parsed = _uuid_or_none(text)
+    if parsed is not None:
+        return str(parsed)
+    return str(runtime().disclosures.find_student(Actor.operator(), text).id)
 
 
 def _uuid_or_none(text: str | None) -> uuid.UUID | None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from audit.events import Action, Outcome
 from config import Settings
+from folders.actor import Actor
 from folders.runtime import Runtime
 from tests.audit.test_tamper import DBA, Clock, sample_event
 from web.cli import cli
@@ -195,6 +196,21 @@ def test_export_jsonl_gives_the_exact_entries_and_is_recorded_first(
     assert export_event["action"] == "audit.export"
     assert export_event["detail"] == f"format=jsonl student_id={student}"
     assert len(expected) == 3
+
+
+def test_export_by_district_id_names_the_student_like_every_other_command(
+    satchel: Satchel, runtime: Runtime
+) -> None:
+    student = runtime.students.add_student(Actor.operator(), "D-4242", "Ada", "Byron")
+    result = satchel("audit", "export", "--format", "csv", "--student", "D-4242")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+    assert [row["action"] for row in rows] == ["student.create", "audit.export"]
+    assert {row["student_id"] for row in rows} == {str(student.id)}
+
+    unknown = satchel("audit", "export", "--format", "csv", "--student", "D-0000")
+    assert unknown.exit_code == 1
+    assert "No student with the district id D-0000." in unknown.output
 
 
 def test_export_csv_by_actor_and_day_to_a_file(
