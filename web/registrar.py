@@ -27,6 +27,7 @@ from folders.documents import DocumentInfo, check_school_year, parse_category
 from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
 from folders.grants import GrantStatus
 from folders.models import GrantScope, Relationship, Role
+from folders.students import clean_text
 from storage.errors import ContentRejected, StorageError
 from web import pages
 from web.auth import current_actor, guard_role
@@ -313,19 +314,28 @@ def link_guardian(student_id: uuid.UUID) -> ResponseReturnValue:
     rt.students.get_student(actor, student_id)  # 404 for an unknown student
     email = pages.form_text("email")
     values = {"email": email, "relationship": pages.form_text("relationship")}
+    errors: dict[str, str] = {}
+    if not email:
+        errors["email"] = "Enter the email address of the guardian."
     try:
         relationship = Relationship(values["relationship"])
     except ValueError:
-        return _guardians_page(
-            student_id, errors={"relationship": "Choose a relationship."}, values=values, status=400
-        )
+        errors["relationship"] = "Choose a relationship."
+    if errors:
+        return _guardians_page(student_id, errors=errors, values=values, status=400)
     try:
         info = rt.students.link_guardian(actor, student_id, email, relationship)
     except (InvalidInput, NotFound) as e:
         return _guardians_page(
             student_id, errors={"email": e.public_message}, values=values, status=400
         )
-    flash(f"{info.email} is linked as {info.relationship.value}.")
+    if info.restricted:
+        flash(
+            f"{info.email} is linked as {info.relationship.value}, and stays restricted: "
+            "they see nothing of this student's records."
+        )
+    else:
+        flash(f"{info.email} is linked as {info.relationship.value}.")
     return redirect(url_for("registrar.guardians", student_id=student_id))
 
 
@@ -365,16 +375,20 @@ def _sharing_page(
     actor = current_actor()
     rt = runtime()
     student = rt.students.get_student(actor, student_id)
-    eligible = [
-        g
-        for g in rt.students.list_guardians(actor, student_id)
-        if not g.restricted and g.ended_at is None
-    ]
+    linked = rt.students.list_guardians(actor, student_id)
+    eligible = [g for g in linked if not g.restricted and g.ended_at is None]
+    # The policy ignores the grants of a restricted or former guardian: say so.
+    blocked = {
+        g.guardian_id: "restricted" if g.restricted else "no longer linked as a guardian"
+        for g in linked
+        if g not in eligible
+    }
     page = render_template(
         "registrar/sharing.html",
         title=f"Sharing the folder of {student.full_name}",
         student=student,
         guardians=eligible,
+        blocked=blocked,
         grants=rt.grants.list_for_student(actor, student_id),
         documents=rt.documents.list_folder(actor, student_id),
         categories=CATEGORY_CHOICES,
@@ -418,6 +432,10 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
         day = None
     if not values["guardian"]:
         errors["guardian"] = "Choose the guardian to share with."
+    try:
+        clean_text(values["reason"], "reason", max_length=500, required=False)
+    except InvalidInput as e:
+        errors["reason"] = e.public_message
     if not errors:
         try:
             info = rt.grants.grant(
@@ -431,9 +449,13 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
                 reason=values["reason"] or None,
             )
         except (InvalidInput, NotFound) as e:
-            field = {GrantScope.DOCUMENT: "document"}.get(scope, "guardian")
+            # The reason and the form's fields are checked above: what is left is about
+            # the expiry date, the document shared, or (most often) the guardian.
+            field = "guardian"
             if "expiry" in e.public_message:
                 field = "expires"
+            elif isinstance(e, NotFound) and e.public_message.startswith("No such document"):
+                field = "document"
             errors[field] = e.public_message
         else:
             until = f" until {info.expires_at:%Y-%m-%d}" if info.expires_at else ""
@@ -446,13 +468,14 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
 def revoke(student_id: uuid.UUID, grant_id: uuid.UUID) -> ResponseReturnValue:
     actor = current_actor()
     rt = runtime()
-    active = {
-        g.id
-        for g in rt.grants.list_for_student(actor, student_id)
-        if g.status is GrantStatus.ACTIVE
-    }
-    if grant_id not in active:
+    grants = rt.grants.list_for_student(actor, student_id, include_inactive=True)
+    status = {g.id: g.status for g in grants}
+    if grant_id not in status:
         abort(404)
+    if status[grant_id] is not GrantStatus.ACTIVE:
+        # A second click, or another registrar was quicker: nothing left to revoke.
+        flash(f"This access has ended already ({status[grant_id].value}); nothing was changed.")
+        return redirect(url_for("registrar.sharing", student_id=student_id))
     field = f"revoke-reason-{grant_id}"
     try:
         info = rt.grants.revoke(actor, grant_id, pages.form_text("reason"))

@@ -258,11 +258,14 @@ def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -
     url = f"/registrar/students/{cast.child.id}/guardians"
     unknown = post(client, url, {"email": "nobody@home.example", "relationship": "parent"})
     assert unknown.status_code == 400 and 'id="email-error"' in unknown.get_data(as_text=True)
+    empty = post(client, url, {"email": " ", "relationship": ""}).get_data(as_text=True)
+    assert "Enter the email address of the guardian." in empty and 'id="relationship-error"' in empty
 
     linked = post(client, url, {"email": cast.other_parent.email, "relationship": "guardian"})
     assert linked.status_code == 302
     page = client.get(url).get_data(as_text=True)
     assert cast.other_parent.email in page and "Restricted" not in page
+    share_folder(runtime, cast, cast.child, cast.other_parent.email)
 
     no_reason = post(client, f"{url}/{cast.other_parent.user_id}/restrict", {"reason": " "})
     assert no_reason.status_code == 400
@@ -281,6 +284,13 @@ def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -
         {"guardian": cast.other_parent.email, "scope": "folder"},
     )
     assert refused.status_code == 400 and "restricted" in refused.get_data(as_text=True)
+    # The grant made before the restriction is listed as giving nothing.
+    assert f"{cast.other_parent.email}</strong> was given the whole folder" in sharing
+    assert "but sees nothing while restricted" in sharing
+    # Linking them again does not lift the restriction, and the message says so.
+    again = post(client, url, {"email": cast.other_parent.email, "relationship": "guardian"})
+    assert again.status_code == 302
+    assert "stays restricted" in client.get(url).get_data(as_text=True)
 
 
 def test_grant_document_category_and_folder_then_revoke_with_reason(
@@ -317,7 +327,12 @@ def test_grant_document_category_and_folder_then_revoke_with_reason(
         if g.id == folder_grant.id
     ]
     assert (revoked.status, revoked.revoke_reason) == (GrantStatus.REVOKED, "Moved away")
-    assert post(client, revoke, {"reason": "again"}).status_code == 404  # not active any more
+    # A second click finds nothing to revoke: back to the page, which says so.
+    twice = post(client, revoke, {"reason": "again"})
+    assert twice.status_code == 302
+    assert "has ended already (revoked); nothing was changed" in client.get(
+        f"/registrar/students/{cast.child.id}/sharing"
+    ).get_data(as_text=True)
 
 
 def test_grant_form_rejects_bad_input(app: Flask, cast: Cast, clock: Clock) -> None:
@@ -330,11 +345,27 @@ def test_grant_form_rejects_bad_input(app: Flask, cast: Cast, clock: Clock) -> N
         ({"scope": "document", "document": str(uuid.uuid4())}, "document"),
         ({"scope": "folder", "expires": "next week"}, "expires"),
         ({"scope": "folder", "expires": yesterday}, "expires"),
+        ({"scope": "folder", "reason": "x" * 501}, "reason"),
     ]
     for form, field in cases:
         response = post(client, url, {"guardian": cast.parent.email, **form})
         assert response.status_code == 400, form
         assert f'id="{field}-error"' in response.get_data(as_text=True), form
+
+
+def test_a_grant_to_someone_not_a_guardian_is_refused_on_the_guardian_field(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    client = signed_in(app, cast.registrar.email)
+    refused = post(
+        client,
+        f"/registrar/students/{cast.child.id}/grants",
+        {"guardian": cast.other_parent.email, "scope": "document", "document": str(document.id)},
+    )
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 400
+    assert 'id="guardian-error"' in html and 'id="document-error"' not in html
 
 
 def test_a_grant_is_revoked_only_through_its_own_student(
