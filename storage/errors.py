@@ -16,7 +16,7 @@ class StorageError(Exception):
 class ObjectNotFound(StorageError):
     """The object store holds no object under ``key``."""
 
-    public_message = "The stored object was not found."
+    public_message = "The stored content of this document is missing from the document store."
 
     def __init__(self, key: str) -> None:
         super().__init__(f"no object under key {key!r}")

@@ -1,7 +1,8 @@
 """The one place that maps domain, storage and audit errors to HTTP responses.
 
 Not found and not yours are both 404; a refused file is 422 (413 when too large);
-an unavailable object store, audit log or database is 503. ``docs/operations.md``
+an unavailable object store, audit log or database is 503. A document whose object is
+missing from the store is a 500: the record exists, its content was lost. ``docs/operations.md``
 lists every status with its cause and what an operator does about it.
 """
 
@@ -24,7 +25,6 @@ from folders.errors import (
 )
 from storage.errors import (
     ContentRejected,
-    ObjectNotFound,
     StorageError,
     StorageUnavailable,
     UploadTooLarge,
@@ -50,8 +50,6 @@ def status_for(error: Exception) -> int:
         return 413
     if isinstance(error, ContentRejected):
         return 422
-    if isinstance(error, ObjectNotFound):
-        return 404
     if isinstance(error, StorageUnavailable | AuditUnavailable):
         return 503
     return 500

@@ -140,6 +140,24 @@ def test_access_history_shows_staff_actions_not_other_guardians(
     assert re.findall(r"<tr[^>]*>(.*?)</tr>", stale.get_data(as_text=True), re.S)[1:] == rows
 
 
+def test_a_document_whose_object_is_lost_is_a_server_fault_not_a_sharing_question(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child, "Report card")
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    [stored] = [info.key for info in runtime.store.list("versions/")]
+    runtime.store.delete(stored)
+
+    client = signed_in(app, cast.parent.email)
+    response = client.get(f"/guardian/documents/{document.id}/download")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "missing from the document store" in html
+    assert "ends the sharing" not in html  # not the not-found page's hint about grants
+    [event] = events(runtime, Action.DOCUMENT_DOWNLOAD)
+    assert event.event.outcome is Outcome.ERROR
+
+
 def test_a_guardian_sees_only_their_own_students(app: Flask, cast: Cast) -> None:
     client = signed_in(app, cast.parent.email)
     html = client.get("/guardian/").get_data(as_text=True)

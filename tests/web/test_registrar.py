@@ -259,7 +259,8 @@ def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -
     unknown = post(client, url, {"email": "nobody@home.example", "relationship": "parent"})
     assert unknown.status_code == 400 and 'id="email-error"' in unknown.get_data(as_text=True)
     empty = post(client, url, {"email": " ", "relationship": ""}).get_data(as_text=True)
-    assert "Enter the email address of the guardian." in empty and 'id="relationship-error"' in empty
+    assert "Enter the email address of the guardian." in empty
+    assert 'id="relationship-error"' in empty
 
     linked = post(client, url, {"email": cast.other_parent.email, "relationship": "guardian"})
     assert linked.status_code == 302
