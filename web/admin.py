@@ -66,7 +66,7 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
     try:
         user = runtime().onboarding.disable_account(current_actor(), user_id)
     except InvalidInput as e:
-        flash(e.public_message)
+        flash(e.public_message, "error")
         return redirect(url_for("admin.home"))
     flash(f"The account {user.email} is disabled; it can no longer log in.")
     return redirect(url_for("admin.home"))
@@ -77,7 +77,7 @@ def password_link(user_id: uuid.UUID) -> ResponseReturnValue:
     try:
         link = runtime().onboarding.issue(current_actor(), user_id)
     except InvalidInput as e:
-        flash(e.public_message)
+        flash(e.public_message, "error")
         return redirect(url_for("admin.home"))
     # SECURITY: the link is shown only in the embedded (single-machine) mode; production
     # deployments deliver it by their own channel and never put it on an admin's screen.

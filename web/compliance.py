@@ -72,8 +72,10 @@ def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
         day = pages.parse_day(values["until"])
         # The form's last day is included: the query's bound is the next midnight.
         until = pages.start_of_day(day) + timedelta(days=1) if day else None
-    except (ValueError, OverflowError):  # 9999-12-31 has no next midnight
+    except ValueError:
         errors["until"] = "Give the last day as a date, e.g. 2026-01-31."
+    except OverflowError:  # 9999-12-31 has no next midnight
+        errors["until"] = "The last day must be before 9999-12-31."
     if since and until and since >= until:
         errors["until"] = "The last day must not be before the first day."
     query = TrailQuery(

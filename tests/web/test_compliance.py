@@ -91,6 +91,8 @@ def test_search_form_errors_and_pagination(app: Flask, runtime: Runtime, cast: C
     assert bad.status_code == 400
     for field in ("student", "document", "since", "action"):
         assert f'id="{field}-error"' in html
+    far = client.get("/compliance/", query_string={"until": "9999-12-31"})
+    assert far.status_code == 400 and "must be before 9999-12-31" in far.text
 
     for n in range(60):
         runtime.students.add_student(cast.registrar, f"B-{n}", "Bulk", f"Student{n}")

@@ -162,4 +162,5 @@ def test_a_guardian_sees_only_their_own_students(app: Flask, cast: Cast) -> None
     client = signed_in(app, cast.parent.email)
     html = client.get("/guardian/").get_data(as_text=True)
     assert "Lucia Lopez" in html and "Amara" not in html
-    assert client.get(f"/guardian/students/{cast.other_child.id}/history").status_code == 404
+    other = client.get(f"/guardian/students/{cast.other_child.id}/history")
+    assert other.status_code == 404 and "ends the sharing" in other.text
