@@ -10,16 +10,17 @@ from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.events import Action
-from audit.log import AuditLog
+from audit.log import AuditLog, Page
 from folders.actor import Actor, RequestContext
 from folders.auditing import event_for
 from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Role, User
+from folders.students import escape_like
 
 MIN_PASSWORD_LENGTH = 12
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -129,6 +130,33 @@ class Accounts:
             user.active = False
             self._audit.append(session, event_for(actor, Action.USER_DISABLE, detail=user.email))
         return _info(user)
+
+    def find_users(
+        self, actor: Actor, query: str = "", *, page: int = 1, per_page: int = 50
+    ) -> Page[UserInfo]:
+        """Accounts whose email or name contains every word of ``query`` (every account
+        when it is empty), by role then email, one page at a time; a page past the last
+        is the last page. Admins only (Forbidden)."""
+        self._require_admin(actor)
+        page, per_page = max(1, page), min(max(1, per_page), 200)
+        where = [
+            or_(
+                func.lower(User.email).like(f"%{escape_like(term)}%", escape="\\"),
+                func.lower(User.display_name).like(f"%{escape_like(term)}%", escape="\\"),
+            )
+            for term in query.lower().split()[:5]
+        ]
+        with Session(self._engine) as session:
+            total = session.scalar(select(func.count()).select_from(User).where(*where)) or 0
+            page = min(page, max(1, -(-total // per_page)))
+            users = session.scalars(
+                select(User)
+                .where(*where)
+                .order_by(User.role, User.email)
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            )
+            return Page(tuple(_info(u) for u in users), page, per_page, total)
 
     def list_users(self, actor: Actor, role: Role | None = None) -> list[UserInfo]:
         self._require_admin(actor)

@@ -6,21 +6,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Generic, TypeVar
 
 from sqlalchemy import Engine, String, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.events import Action
-from audit.log import AuditLog
+from audit.log import AuditLog, Page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
 from folders.policy import GuardianLink, Permission, Resource, decide
-
-T = TypeVar("T")
 
 # What a staff search matches each term in: names and ids, lower-cased, space-separated
 # (terms never hold a space, so none matches across two fields). On PostgreSQL migration
@@ -36,18 +33,6 @@ SEARCH_TEXT = func.lower(
     + _SPACE
     + func.coalesce(Student.state_id, literal_column("''", String))
 )
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: tuple[T, ...]
-    page: int
-    per_page: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
 
 
 @dataclass(frozen=True)
@@ -194,7 +179,7 @@ class Students:
         page, per_page = max(1, page), min(max(1, per_page), 100)
         terms = query.split()
         condition = [
-            SEARCH_TEXT.like(f"%{_escape_like(term.lower())}%", escape="\\") for term in terms[:5]
+            SEARCH_TEXT.like(f"%{escape_like(term.lower())}%", escape="\\") for term in terms[:5]
         ]
         with Session(self._engine) as session:
             base = select(Student).where(*condition)
@@ -404,5 +389,6 @@ def _guardian_info(link: Guardianship, user: User) -> GuardianInfo:
     )
 
 
-def _escape_like(term: str) -> str:
+def escape_like(term: str) -> str:
+    """``term`` with LIKE's wildcards (``%``, ``_``) and backslashes escaped by a backslash."""
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from folders.errors import Conflict, InvalidInput
@@ -30,11 +30,13 @@ def home() -> ResponseReturnValue:
 
 
 def _home(errors: dict[str, str], values: dict[str, str], status: int = 200) -> ResponseReturnValue:
-    users = runtime().accounts.list_users(current_actor())
+    query = request.args.get("q", "").strip()
+    found = runtime().accounts.find_users(current_actor(), query, page=pages.page_number())
     page = render_template(
         "admin/home.html",
         title="Accounts",
-        users=users,
+        query=query,
+        found=found,
         roles=CREATABLE_ROLES,
         errors=errors,
         values=values,

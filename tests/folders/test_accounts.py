@@ -96,6 +96,10 @@ def test_only_admins_manage_accounts(accounts: Accounts) -> None:
     accounts.add_user(admin_actor, "x@school.example", Role.COMPLIANCE)
     listed = accounts.list_users(admin_actor, Role.COMPLIANCE)
     assert [u.email for u in listed] == ["x@school.example"]
+    with pytest.raises(Forbidden):
+        accounts.find_users(actor, "school")
+    found = accounts.find_users(admin_actor, "x@")
+    assert [u.email for u in found.items] == ["x@school.example"] and found.total == 1
 
 
 def test_account_changes_are_audited(accounts: Accounts, runtime: Runtime) -> None:

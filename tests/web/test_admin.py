@@ -6,6 +6,7 @@ from datetime import timedelta
 from flask import Flask
 
 from audit.events import Action
+from folders.models import Role
 from folders.onboarding import Onboarding
 from folders.runtime import Runtime
 from tests.support.people import Cast
@@ -40,6 +41,33 @@ def test_create_accounts_of_the_three_kinds(app: Flask, runtime: Runtime, cast: 
     assert taken.status_code == 400 and 'id="email-error"' in taken.get_data(as_text=True)
     admin = post(client, "/admin/users", {"email": "boss@school.example", "role": "admin"})
     assert admin.status_code == 400 and 'id="role-error"' in admin.get_data(as_text=True)
+
+
+def test_accounts_are_found_by_email_or_name_a_page_at_a_time(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    for n in range(55):
+        runtime.onboarding.create_account(
+            cast.admin, f"family{n:02d}@home.example", Role.GUARDIAN, f"Family {n:02d}_x"
+        )
+    client = signed_in(app, cast.admin.email)
+    rows = re.compile(r'<th scope="row">(.*?)</th>', re.S)
+
+    first = client.get("/admin/").text
+    total = len(runtime.accounts.list_users(cast.admin))
+    assert f"{total} accounts." in first and "Page 1 of 2" in first
+    assert len(rows.findall(first)) == 50
+    second = client.get("/admin/?page=2").text
+    assert len(rows.findall(second)) == total - 50 and 'rel="prev"' in second
+    past = client.get("/admin/?page=9").text
+    assert rows.findall(past) == rows.findall(second)  # a page past the last: the last
+
+    by_email = client.get("/admin/?q=FAMILY07@").text
+    assert "1 account matching" in by_email and "family07@home.example" in by_email
+    by_name = client.get("/admin/", query_string={"q": "family 07_X"}).text
+    assert "1 account matching" in by_name and "family07@home.example" in by_name
+    literal = client.get("/admin/", query_string={"q": "_x"}).text
+    assert "55 accounts matching" in literal  # "_" is a character here, not a wildcard
 
 
 def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
