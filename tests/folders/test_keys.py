@@ -24,6 +24,19 @@ def etags(runtime: Runtime) -> dict[str, str | None]:
     return {info.key: info.etag for info in runtime.store.list("versions/")}
 
 
+def retire_and_restore_an_older_row(runtime: Runtime) -> None:
+    """Rotate, retire version 1, then put the one version row back as a database backup
+    from before the rotation holds it: its data key wrapped under the retired version."""
+    with Session(runtime.engine) as session:
+        row = session.scalars(select(DocumentVersion)).one()
+        old = (row.wrapped_dek, row.key_id, row.key_version)
+    runtime.keys.rotate(OPERATOR)
+    runtime.keys.retire_below(OPERATOR, 2)
+    with Session(runtime.engine) as session, session.begin():
+        row = session.scalars(select(DocumentVersion)).one()
+        row.wrapped_dek, row.key_id, row.key_version = old
+
+
 def test_rotation_resumes_after_an_interruption(runtime: Runtime, cast: Cast) -> None:
     for i in range(5):
         upload_pdf(runtime, cast, cast.child, title=f"Doc {i}")
@@ -40,14 +53,7 @@ def test_rotation_resumes_after_an_interruption(runtime: Runtime, cast: Cast) ->
 
 def test_a_retired_version_can_no_longer_decrypt(runtime: Runtime, cast: Cast) -> None:
     document, _ = upload_pdf(runtime, cast, cast.child)
-    with Session(runtime.engine) as session:
-        row = session.scalars(select(DocumentVersion)).one()
-        old = (row.wrapped_dek, row.key_id, row.key_version)
-    runtime.keys.rotate(OPERATOR)
-    runtime.keys.retire_below(OPERATOR, 2)
-    with Session(runtime.engine) as session, session.begin():
-        row = session.scalars(select(DocumentVersion)).one()
-        row.wrapped_dek, row.key_id, row.key_version = old  # a restored stale backup
+    retire_and_restore_an_older_row(runtime)
     with pytest.raises(KeyringError, match="retired"):
         runtime.documents.open(cast.registrar, document.id, purpose="check")
 
@@ -106,14 +112,7 @@ def test_destroying_is_refused_while_the_database_needs_a_retired_version(
     runtime: Runtime, cast: Cast
 ) -> None:
     upload_pdf(runtime, cast, cast.child)
-    with Session(runtime.engine) as session:
-        old = session.scalars(select(DocumentVersion)).one()
-        stale = (old.wrapped_dek, old.key_id, old.key_version)
-    runtime.keys.rotate(OPERATOR)
-    runtime.keys.retire_below(OPERATOR, 2)
-    with Session(runtime.engine) as session, session.begin():
-        row = session.scalars(select(DocumentVersion)).one()
-        row.wrapped_dek, row.key_id, row.key_version = stale  # an older database restored
+    retire_and_restore_an_older_row(runtime)
 
     with pytest.raises(InvalidInput, match="still wrapped under retired versions"):
         runtime.keys.destroy_retired(OPERATOR, "Backups expired")
