@@ -218,47 +218,43 @@ PAYLOAD_FIELDS = (
 
 ENTRY_KEYS = frozenset({*PAYLOAD_FIELDS, "prev", "seq", "time", "v"})
 
-# Writes exactly what ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-# ensure_ascii=False)`` writes for an entry (a test holds it to that), several times
-# faster, which verification needs. Placeholders: the 14 payload fields (%s, already JSON
-# encoded) with prev (hex), seq and time at their places in key order.
-_ENTRY_FORMAT = (
-    '{"action":%s,"actor_email":%s,"actor_id":%s,"actor_role":%s,"client_address":%s,'
-    '"detail":%s,"document_id":%s,"grant_id":%s,"outcome":%s,"prev":"%s","purpose":%s,'
-    '"request_id":%s,"seq":%d,"student_id":%s,"time":"%s","user_agent":%s,'
-    '"v":' + str(ENTRY_VERSION) + ',"version_id":%s}'
-)
-
 
 def entry_from_values(
     sequence: int, time_text: str, previous_hex: str, values: Sequence[str | None]
 ) -> bytes:
-    """The entry bytes for already-formatted parts; ``values`` follow ``PAYLOAD_FIELDS``."""
-    # Written out field by field: verification runs this for every event, and a helper
-    # call per field would cost a third of its time.
+    """The entry bytes for already-formatted parts; ``values`` follow ``PAYLOAD_FIELDS``.
+
+    Writes exactly what ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` writes for the entry (a test holds it to that), several times
+    faster, which verification needs. Raises ``TypeError`` or ``ValueError`` for a
+    sequence number that is not an integer.
+    """
+    # Written out field by field, keys in sorted order: verification runs this for
+    # every event, and a helper call per field would cost a third of its time. One
+    # f-string is a fifth faster than the same with %-formatting.
     q = encode_basestring
     # One letter per field of PAYLOAD_FIELDS, in order.
     (a, b, c, d, e, f, g, h, i, j, k, m, n, o) = values
-    text = _ENTRY_FORMAT % (
-        "null" if a is None else q(a),
-        "null" if b is None else q(b),
-        "null" if c is None else q(c),
-        "null" if d is None else q(d),
-        "null" if e is None else q(e),
-        "null" if f is None else q(f),
-        "null" if g is None else q(g),
-        "null" if h is None else q(h),
-        "null" if i is None else q(i),
-        previous_hex,
-        "null" if j is None else q(j),
-        "null" if k is None else q(k),
-        sequence,
-        "null" if m is None else q(m),
-        time_text,
-        "null" if n is None else q(n),
-        "null" if o is None else q(o),
-    )
-    return text.encode("utf-8")
+    return (
+        f'{{"action":{"null" if a is None else q(a)},'
+        f'"actor_email":{"null" if b is None else q(b)},'
+        f'"actor_id":{"null" if c is None else q(c)},'
+        f'"actor_role":{"null" if d is None else q(d)},'
+        f'"client_address":{"null" if e is None else q(e)},'
+        f'"detail":{"null" if f is None else q(f)},'
+        f'"document_id":{"null" if g is None else q(g)},'
+        f'"grant_id":{"null" if h is None else q(h)},'
+        f'"outcome":{"null" if i is None else q(i)},'
+        f'"prev":"{previous_hex}",'
+        f'"purpose":{"null" if j is None else q(j)},'
+        f'"request_id":{"null" if k is None else q(k)},'
+        f'"seq":{sequence:d},'
+        f'"student_id":{"null" if m is None else q(m)},'
+        f'"time":"{time_text}",'
+        f'"user_agent":{"null" if n is None else q(n)},'
+        f'"v":{ENTRY_VERSION},'
+        f'"version_id":{"null" if o is None else q(o)}}}'
+    ).encode()
 
 
 def event_values(event: Event) -> tuple[str | None, ...]:

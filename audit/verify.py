@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import re
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -460,7 +461,7 @@ def _check_rows(
                 and entry == entry_from_values(sequence, row[1], previous.hex(), row[2:16])
                 and leaf == row[17]
             )
-        except TypeError:  # SQLite keeps whatever type a DBA writes into a column
+        except (TypeError, ValueError):  # SQLite keeps whatever type a DBA writes
             intact = False
         if not intact:
             return _Checked(expected, previous, row)
@@ -561,7 +562,8 @@ def _parallel_scan(
     url = engine.url
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         return None
-    height = max(_CHUNK_HEIGHT_MIN, (counted // (4 * workers)).bit_length() - 1)
+    # At least 16 chunks per process, so that none is left with a long one at the end.
+    height = max(_CHUNK_HEIGHT_MIN, (counted // (16 * workers)).bit_length() - 1)
     size = 1 << height
     firsts = list(range(1, counted + 1, size))
     marks = sorted(mark for mark in seals if mark > 0)
@@ -578,10 +580,8 @@ def _parallel_scan(
         )
         for index, first in enumerate(firsts)
     ]
-    context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            results = list(pool.map(_check_chunk, jobs))
+        results = _check_chunks(jobs, workers)
     except Exception:  # the scan in one process is the authority
         # A worker that could not start, read or report back: the caller's scan
         # then reads the log itself, and raises or reports what is wrong.
@@ -606,6 +606,34 @@ def _parallel_scan(
             (whole,) = result.stack
             prefix.append_subtree(whole, height)
     return prefix.size + results[-1].count, last_leaf
+
+
+def _check_chunks(jobs: list[_ChunkJob], workers: int) -> list[_ChunkResult]:
+    """:func:`_check_chunk` of every job, in order, in ``workers`` processes: this one
+    and ``workers - 1`` started for the purpose.
+
+    The started processes take jobs from the front while this one takes them from the
+    back, so it works while they are still starting (a new interpreter takes about
+    half a second to import what a chunk needs). Raises what a worker raised.
+    """
+    # Forking starts a worker at once, with everything imported, but a process that
+    # runs other threads may fork while one of them holds a lock the child then needs.
+    # The command line runs none; anything else gets fresh interpreters.
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(min(workers - 1, len(jobs)), mp_context=context) as pool:
+        futures = [pool.submit(_check_chunk, job) for job in jobs]
+        done_here: dict[int, _ChunkResult] = {}
+        # A job the pool has not handed out yet can be cancelled and run here; once one
+        # cannot, the pool has handed out every job before it too.
+        for index in reversed(range(len(jobs))):
+            if not futures[index].cancel():
+                break
+            done_here[index] = _check_chunk(jobs[index])
+        return [
+            done_here[index] if index in done_here else future.result()
+            for index, future in enumerate(futures)
+        ]
 
 
 class _Scan:

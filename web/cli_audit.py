@@ -42,7 +42,7 @@ def audit_cli() -> None:
     type=click.IntRange(min=1),
     default=lambda: os.cpu_count() or 1,
     show_default="the number of CPUs",
-    help="Processes that check a log of 524,288 events or more in parallel.",
+    help="Processes, this one included, that check a log of 524,288 events or more.",
 )
 @with_appcontext
 @reports_errors

@@ -9,6 +9,8 @@ bad sequence number and the kind of tampering.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -227,6 +229,31 @@ def assert_caught(log: AuditLog, problem: Problem, sequence: int, *words: str) -
 def in_one_process_only() -> Any:
     """Fail the test if the log is scanned in one process (the parallel path gave up)."""
     return patch.object(audit.verify._Scan, "run", side_effect=AssertionError("scanned"))
+
+
+def test_verifying_in_parallel_beside_other_threads_starts_fresh_interpreters(
+    sealed_log: AuditLog,
+) -> None:
+    # Forking while another thread may hold a lock could hang the child.
+    methods: list[str | None] = []
+    get_context = multiprocessing.get_context
+
+    def spy(method: str | None = None) -> Any:
+        methods.append(method)
+        return get_context(method)
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with in_one_process_only(), patch.object(multiprocessing, "get_context", spy):
+            report = verify_in_parallel(sealed_log, workers=3)
+    finally:
+        stop.set()
+        other.join()
+    assert methods == ["spawn"]
+    assert report == sealed_log.verify()
+    assert report.ok, report.detail
 
 
 def test_an_intact_log_verifies(sealed_log: AuditLog) -> None:
