@@ -45,7 +45,14 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Compiled
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoResultFound,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
@@ -306,6 +313,42 @@ class _Waiting:
     outcome: RecordedEvent | AuditUnavailable | None = None
 
 
+def _first_row(
+    connection: Connection, compiled: Compiled, parameters: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """The first row of ``compiled`` run with ``parameters`` on ``connection``'s driver.
+
+    What ``connection.execute(statement, parameters).first()`` returns, for a third of
+    the client's time per append: no cache lookup, execution context or result object,
+    and no bind processing, so ``parameters`` must hold what the driver takes (aware
+    UTC datetimes, bytes, text, integers). A driver error is raised as SQLAlchemy's,
+    after the connection is invalidated if the error lost it. Raises
+    :class:`sqlalchemy.exc.DBAPIError`.
+    """
+    dialect = connection.dialect
+    pooled = connection.connection
+    try:
+        cursor = pooled.cursor()
+        try:
+            cursor.execute(compiled.string, compiled.construct_params(parameters))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except dialect.loaded_dbapi.Error as e:
+        lost = dialect.is_disconnect(e, pooled.dbapi_connection, None)
+        if lost:
+            connection.invalidate(e)
+        raise DBAPIError.instance(
+            compiled.string,
+            None,
+            e,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=lost,
+            dialect=dialect,
+        ) from e
+    return None if row is None else tuple(row)
+
+
 def _unavailable(error: Exception) -> AuditUnavailable:
     unavailable = AuditUnavailable(f"the audit event could not be written: {_reason(error)}")
     unavailable.__cause__ = error
@@ -372,6 +415,9 @@ class AuditLog:
         self._batching = threading.Condition()
         self._queue: list[_Waiting] = []
         self._writing = False
+        # The one-statement appends, compiled once for this log's database (see
+        # _first_row); keyed by the statement.
+        self._compiled: dict[Select[Any], Compiled] = {}
 
     # Appending --------------------------------------------------------------------------
 
@@ -500,8 +546,8 @@ class AuditLog:
             recorded.append(entry)
             previous = entry.leaf_hash
         parameters["last_leaf"] = previous
-        statement = _insert_all_if_guessed(len(batch))
-        if connection.execute(statement, parameters).one_or_none() is None:
+        statement = self._compile(_insert_all_if_guessed(len(batch)))
+        if _first_row(connection, statement, parameters) is None:
             self._guess_held = False
             return None
         self._last_appended = (recorded[-1].sequence, recorded[-1].leaf_hash)
@@ -523,7 +569,10 @@ class AuditLog:
             guess_sequence, guess_leaf = guess
             recorded, row = self._entry(guess_sequence + 1, guess_leaf, event, values)
             row.update(guess_sequence=guess_sequence, guess_leaf=guess_leaf)
-            sequence, head_leaf, inserted = connection.execute(_CLAIM_AND_INSERT, row).one()
+            claimed = _first_row(connection, self._compile(_CLAIM_AND_INSERT), row)
+            if claimed is None:
+                raise NoResultFound("the audit_head row is missing")
+            sequence, head_leaf, inserted = claimed
             self._guess_held = inserted == 1
             if inserted:
                 return recorded
@@ -533,6 +582,12 @@ class AuditLog:
         recorded, row = self._entry(sequence, previous, event, values)
         connection.execute(_INSERT_AND_ADVANCE, row)
         return recorded
+
+    def _compile(self, statement: Select[Any]) -> Compiled:
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = statement.compile(dialect=self._engine.dialect)
+        return compiled
 
     def _entry(
         self, sequence: int, previous: bytes, event: Event, values: tuple[str | None, ...]

@@ -23,8 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from minio import Minio
 from minio.error import S3Error
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -55,7 +54,7 @@ from folders.db import make_engine
 from folders.models import School
 from storage.objects import LocalObjectStore, S3ObjectStore
 from tests.audit.test_tamper import DBA, ORIGIN, Clock, make_log, sample_event
-from tests.support.db import PostgresServer
+from tests.support.db import PostgresServer, statements_sent
 from tests.support.s3 import S3Service
 
 if TYPE_CHECKING:
@@ -318,18 +317,9 @@ def postgres_engine(postgres_server: PostgresServer, postgres_template: str) -> 
 
 def _statements(engine: Engine, action: Callable[[], object]) -> str:
     """The statements ``action`` sent: "A" for one in autocommit mode, "T" in a transaction."""
-    sent: list[str] = []
-
-    def count(connection: Connection, *_args: object) -> None:
-        driver = connection.connection.driver_connection
-        sent.append("A" if getattr(driver, "autocommit", False) else "T")
-
-    sqlalchemy_event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_sent(engine) as sent:
         action()
-    finally:
-        sqlalchemy_event.remove(engine, "before_cursor_execute", count)
-    return "".join(sent)
+    return "".join("A" if statement.autocommit else "T" for statement in sent)
 
 
 def _append_in_transaction(engine: Engine, log: AuditLog, event: Event) -> None:
@@ -390,6 +380,45 @@ def test_postgresql_appends_in_one_statement_while_the_guess_holds(
     report = mine.verify()
     assert report.ok, report.detail
     assert report.events_checked == 12
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_an_append_on_a_connection_that_died_fails_alone_and_the_pool_replaces_it(
+    postgres_server: PostgresServer, postgres_template: str, tmp_path: Path, in_transaction: bool
+) -> None:
+    name = postgres_server.create_database(template=postgres_template)
+    # One pooled connection, reused without a ping: the append is the first to see
+    # that its server process is gone.
+    engine = make_engine(postgres_server.url_for(name), pool_size=1, ping_idle_after=60)
+    try:
+        log = make_log(engine, tmp_path)
+        log.record(sample_event(1))
+        log.record(sample_event(2))  # from here on, one statement per append
+        with engine.connect() as connection:
+            first = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        postgres_server.terminate_backend(first)
+
+        with pytest.raises(AuditUnavailable, match="terminating connection") as failed:
+            if in_transaction:
+                _append_in_transaction(engine, log, sample_event(3))
+            else:
+                log.record(sample_event(3))
+        cause = failed.value.__cause__
+        assert isinstance(cause, DBAPIError) and cause.connection_invalidated
+
+        log.record(sample_event(4))
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
+            requests = connection.execute(
+                text("SELECT request_id FROM audit_events ORDER BY sequence")
+            ).scalars()
+            assert list(requests) == ["req-1", "req-2", "req-4"]
+        log.checkpoint()
+        assert log.verify().ok
+    finally:
+        engine.dispose()
+        postgres_server.drop_database(name)
 
 
 @pytest.mark.postgres

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import time
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -13,7 +12,7 @@ from audit.models import AuditBase
 from folders.db import current_revision, head_revision, make_engine, upgrade
 from folders.models import Base, Student
 from folders.students import SEARCH_TEXT
-from tests.support.postgres import libpq_url
+from tests.support.db import PostgresServer
 
 
 def _modelled(obj: object, name: str | None, type_: str, *_args: object) -> bool:
@@ -61,22 +60,14 @@ def _backend_pid(engine: Engine) -> int:
         return pid
 
 
-def _terminate(database_url: str, pid: int) -> None:
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        # Wait until the server has really ended it.
-        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
-            time.sleep(0.01)
-
-
 @pytest.mark.postgres
 def test_an_idle_pooled_connection_that_died_is_replaced_unnoticed(
-    postgres_database_url: str,
+    postgres_server: PostgresServer, postgres_database_url: str
 ) -> None:
     engine = make_engine(postgres_database_url, ping_idle_after=0.05, pool_size=1)
     try:
         first = _backend_pid(engine)
-        _terminate(postgres_database_url, first)
+        postgres_server.terminate_backend(first)
         time.sleep(0.1)
         assert _backend_pid(engine) != first
     finally:
@@ -85,7 +76,7 @@ def test_an_idle_pooled_connection_that_died_is_replaced_unnoticed(
 
 @pytest.mark.postgres
 def test_a_recently_used_pooled_connection_is_reused_without_a_ping(
-    postgres_database_url: str,
+    postgres_server: PostgresServer, postgres_database_url: str
 ) -> None:
     # The other side of the trade: no round trip for a connection just used, so a
     # backend killed within that window fails the next transaction, and only that one.
@@ -93,7 +84,7 @@ def test_a_recently_used_pooled_connection_is_reused_without_a_ping(
     try:
         first = _backend_pid(engine)
         assert _backend_pid(engine) == first
-        _terminate(postgres_database_url, first)
+        postgres_server.terminate_backend(first)
         with pytest.raises(OperationalError):
             _backend_pid(engine)
         assert _backend_pid(engine) != first

@@ -7,13 +7,18 @@ database); each test gets a fresh copy, so tests never see each other's rows.
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from folders.db import make_engine, upgrade
 from tests.support.postgres import libpq_url, resolve_url
@@ -50,6 +55,13 @@ class PostgresServer:
 
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def terminate_backend(self, pid: int) -> None:
+        """End the server process ``pid`` (a client connection) and wait until it is gone."""
+        with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +118,50 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A statement a connection sent, and whether it was in autocommit mode."""
+
+    sql: str
+    autocommit: bool
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[Sent]]:
+    """The statements that connections of ``engine`` checked out in the block send.
+
+    Seen at the driver, so statements run past SQLAlchemy count as well. On PostgreSQL
+    those run through a cursor (psycopg sends BEGIN and COMMIT itself); on SQLite every
+    statement the library runs, BEGIN and COMMIT included. The pool's idle ping runs
+    before a connection is traced.
+    """
+    sent: list[Sent] = []
+
+    class Tracing(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Tracing:
+            sent.append(Sent(str(query), self.connection.autocommit))
+            return super().execute(query, params, **kwargs)
+
+    def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(
+                lambda sql: sent.append(Sent(sql, dbapi_connection.isolation_level is None))
+            )
+        else:
+            dbapi_connection.cursor_factory = Tracing
+
+    def untraced(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(None)
+        else:
+            dbapi_connection.cursor_factory = psycopg.Cursor
+
+    event.listen(engine, "checkout", traced)
+    event.listen(engine, "checkin", untraced)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "checkout", traced)
+        event.remove(engine, "checkin", untraced)
