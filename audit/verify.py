@@ -75,7 +75,10 @@ __all__ = [
 CHECKPOINT_PREFIX = "audit/checkpoints/"
 _CHECKPOINT_NAME = re.compile(r"([0-9]{20})\.note")
 _LOOKAHEAD = 16
-_BATCH = 10_000
+# Rows fetched at a time: about 600 KB, which stays in the CPU's cache while it is
+# checked, and lets the server produce the next rows meanwhile (10,000 at a time was
+# a sixth slower in one process).
+_BATCH = 1_000
 
 
 def checkpoint_key(tree_size: int) -> str:
