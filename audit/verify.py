@@ -616,8 +616,9 @@ def _check_chunks(jobs: list[_ChunkJob], workers: int) -> list[_ChunkResult]:
     and ``workers - 1`` started for the purpose.
 
     The started processes take jobs from the front while this one takes them from the
-    back, so it works while they are still starting (a new interpreter takes about
-    half a second to import what a chunk needs). Raises what a worker raised.
+    back, so it works while they are still starting (a fresh interpreter takes about
+    half a second to import what a chunk needs; a fork, a few milliseconds). Raises
+    what a worker raised.
     """
     # Forking starts a worker at once, with everything imported, but a process that
     # runs other threads may fork while one of them holds a lock the child then needs.
