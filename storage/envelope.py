@@ -265,7 +265,7 @@ class SegmentCipher:
         """The record (ciphertext ‖ 16-byte tag) of segment ``index``."""
         return self._aead.encrypt(self._nonce(index, final), plaintext, self._aad)
 
-    def open(self, index: int, final: bool, record: bytes) -> bytes:
+    def open(self, index: int, final: bool, record: bytes | memoryview) -> bytes:
         """The plaintext of segment ``index``; IntegrityError if the record fails its tag."""
         try:
             return self._aead.decrypt(self._nonce(index, final), record, self._aad)
@@ -446,20 +446,34 @@ class EncryptingReader(_BufferedSealingStream):
         return self._sealer.plaintext_sha256
 
 
-def _open_segments(stream: _Reader, cipher: SegmentCipher, segment_size: int) -> Iterator[bytes]:
-    """Authenticate and yield the plaintext of each segment of ``stream`` in order.
+def _records(stream: _Reader, record_size: int) -> Iterator[bytes]:
+    """The records of ``stream`` in order: ``record_size`` bytes each but the last."""
+    while record := _read_exact(stream, record_size):
+        yield record
+        if len(record) < record_size:
+            return
 
-    The last segment is the one followed by end of stream; it must carry the final flag and
-    every other segment must not, so truncation and extension fail a tag.
+
+def _records_in(buffer: bytes, record_size: int) -> Iterator[memoryview]:
+    """The records of ``buffer`` in order, as views of it rather than copies."""
+    view = memoryview(buffer)
+    for start in range(0, len(view), record_size):
+        yield view[start : start + record_size]
+
+
+def _open_segments(records: Iterator[bytes | memoryview], cipher: SegmentCipher) -> Iterator[bytes]:
+    """Authenticate and yield the plaintext of each record of ``records`` in order.
+
+    The last segment is the one no record follows; it must carry the final flag and every
+    other segment must not, so truncation and extension fail a tag.
     """
-    record_size = segment_size + TAG_SIZE
-    current = _read_exact(stream, record_size)
-    if not current:
+    current = next(records, None)
+    if current is None:
         raise IntegrityError("object has no segments")
     index = 0
     while True:
-        following = _read_exact(stream, record_size) if len(current) == record_size else b""
-        final = not following
+        following = next(records, None)
+        final = following is None
         if index >= MAX_SEGMENTS:
             raise IntegrityError("object has too many segments")
         if len(current) < TAG_SIZE:
@@ -470,7 +484,7 @@ def _open_segments(stream: _Reader, cipher: SegmentCipher, segment_size: int) ->
         if index > 0 and len(current) == TAG_SIZE:
             raise IntegrityError(f"segment {index} is an empty segment after the first")
         yield cipher.open(index, final, current)
-        if final:
+        if following is None:
             return
         current = following
         index += 1
@@ -491,15 +505,16 @@ def _verifying_pass(
     if not hmac.compare_digest(expected, header.commitment):
         raise IntegrityError("key commitment does not match (wrong key or identity)")
     cipher = SegmentCipher(dek, header, identity)
+    record_size = header.segment_size + TAG_SIZE
     fitting = sealed_size(in_memory_limit, header.segment_size) - HEADER_SIZE
     first = _read_exact(stream, fitting + 1)
     if len(first) <= fitting:
-        kept = list(_open_segments(io.BytesIO(first), cipher, header.segment_size))
+        kept = list(_open_segments(_records_in(first, record_size), cipher))
         return header.encode(), kept
     # Too large to keep: a second pass will decrypt again.
     whole = _Concatenated(first, stream)
     del first  # held by ``whole`` only until read
-    for _ in _open_segments(whole, cipher, header.segment_size):
+    for _ in _open_segments(_records(whole, record_size), cipher):
         pass
     return header.encode(), None
 
@@ -517,7 +532,8 @@ def _decrypting_pass(
         # authenticated again before it is yielded, and a truncation still fails at the end.
         if not hmac.compare_digest(header.encode(), verified_header):
             raise IntegrityError("object changed between the verifying and decrypting passes")
-        yield from _open_segments(stream, SegmentCipher(dek, header, identity), header.segment_size)
+        cipher = SegmentCipher(dek, header, identity)
+        yield from _open_segments(_records(stream, header.segment_size + TAG_SIZE), cipher)
     finally:
         stream.close()
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 import boto3.session
+import botocore.session
+import botocore.utils
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -398,8 +400,13 @@ def make_s3_client(
         # Uploads keep theirs: the server then refuses bytes damaged on the way in.
         response_checksum_validation="when_required",
     )
-    # A private session instead of boto3's module-level default one.
-    session = boto3.session.Session()
+    # A private session instead of boto3's module-level default one, whose responses
+    # have their timestamps read by parse_s3_timestamp.
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_s3_timestamp
+    )
+    session = boto3.session.Session(botocore_session=core)
     return session.client(
         "s3",
         endpoint_url=endpoint_url,
@@ -407,6 +414,22 @@ def make_s3_client(
         aws_secret_access_key=secret_access_key,
         config=config,
     )
+
+
+def parse_s3_timestamp(value: str) -> datetime:
+    """A timestamp of an S3 response as a timezone-aware datetime, for botocore.
+
+    The two forms S3 sends, an HTTP date in headers (``Last-Modified``) and ISO 8601 in
+    XML bodies, are read by the standard library; anything else, or a time without a
+    zone, goes to botocore's own parser (dateutil, which takes about 0.1 ms of CPU per
+    call, a tenth of a small object's GET). Raises what botocore's parser raises.
+    """
+    read = datetime.fromisoformat if value[:1].isdigit() else parsedate_to_datetime
+    try:
+        parsed = read(value)
+    except (ValueError, TypeError, IndexError):
+        return botocore.utils.parse_timestamp(value)
+    return parsed if parsed.tzinfo is not None else botocore.utils.parse_timestamp(value)
 
 
 class S3ObjectStore(ObjectStore):

@@ -22,12 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+import botocore.utils
 import pytest
 from minio import Minio
 from minio.error import S3Error
 
 from storage.errors import ObjectNotFound, StorageError, StorageUnavailable
-from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
+from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore, parse_s3_timestamp
 from tests.support.s3 import S3Service
 from tests.support.seaweedfs import free_port
 
@@ -320,6 +321,34 @@ class TestS3ObjectStore(ObjectStoreContract):
         return s3_store
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Wed, 12 Oct 2009 17:50:00 GMT",  # Last-Modified and other HTTP dates
+        "Mon, 24 Nov 2025 08:05:09 GMT",
+        "2009-10-12T17:50:00.000Z",  # ISO 8601 in XML bodies (ListObjectsV2)
+        "2025-11-24T08:05:09.123456Z",
+        "2025-11-24T08:05:09+02:00",
+        "1700000000",  # epoch seconds, which botocore also accepts
+        "Wed, 12 Oct 2009 17:50:00 -0000",  # an HTTP date that names no zone
+        "2009-10-12T17:50:00",  # ISO 8601 without a zone
+        "12 October 2009 5:50 pm UTC",  # anything else dateutil reads
+    ],
+)
+def test_s3_timestamps_read_as_botocores_own_parser_reads_them(text: str) -> None:
+    parsed = parse_s3_timestamp(text)
+    expected = botocore.utils.parse_timestamp(text)
+    assert parsed == expected
+    assert (parsed.tzinfo is None) == (expected.tzinfo is None)
+
+
+def test_an_s3_timestamp_botocore_refuses_is_refused() -> None:
+    with pytest.raises(ValueError):
+        botocore.utils.parse_timestamp("not a time")
+    with pytest.raises(ValueError):
+        parse_s3_timestamp("not a time")
+
+
 @pytest.fixture(scope="module")
 def lock_bucket(s3_client: S3Client) -> str:
     """A bucket with Object Lock. It cannot be emptied (that is the point), so it is
@@ -347,6 +376,19 @@ class TestS3Specifics:
         assert (
             one.description == f"s3://{s3_bucket}/{s3_prefix}one/ at {s3_client.meta.endpoint_url}"
         )
+
+    def test_the_client_reads_response_timestamps_with_satchels_parser(
+        self, s3_client: S3Client, s3_bucket: str, s3_prefix: str
+    ) -> None:
+        """make_s3_client installs parse_s3_timestamp, whose datetimes carry the standard
+        library's UTC, where botocore's default parser gives dateutil's."""
+        s3_client.put_object(Bucket=s3_bucket, Key=f"{s3_prefix}stamped", Body=b"x")
+        got = s3_client.get_object(Bucket=s3_bucket, Key=f"{s3_prefix}stamped")
+        got["Body"].close()
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{s3_prefix}stamped")
+        for stamp in (got["LastModified"], listed["Contents"][0]["LastModified"]):
+            assert stamp.tzinfo is UTC
+            assert abs(stamp - datetime.now(UTC)) < timedelta(minutes=5)
 
     def test_independent_client_reads_exactly_the_bytes_written(
         self, s3_store: S3ObjectStore, s3_bucket: str, s3_prefix: str, minio_client: Minio
