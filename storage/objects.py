@@ -218,7 +218,9 @@ class LocalObjectStore(ObjectStore):
     :class:`StorageError`, because silently storing a deletable object would break the
     promise the caller asked for. Empty directories left by ``delete`` are kept, so a
     concurrent ``put`` into the same directory never loses its parent. ``list`` yields
-    in key order.
+    in key order. A failing file system (a full disk, an I/O error, a refused permission)
+    raises :class:`StorageUnavailable`, as an unreachable S3 server does; a root that
+    cannot be created raises :class:`StorageError`.
     """
 
     def __init__(self, root: Path) -> None:
@@ -273,7 +275,7 @@ class LocalObjectStore(ObjectStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             raise ObjectNotFound(key) from e
         except OSError as e:
-            raise StorageError(f"{self.description}: cannot read {key!r}: {e}") from e
+            raise self._failed("read", key, e) from e
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -282,7 +284,7 @@ class LocalObjectStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError) as e:
             raise ObjectNotFound(key) from e
         except OSError as e:
-            raise StorageError(f"{self.description}: cannot stat {key!r}: {e}") from e
+            raise self._failed("stat", key, e) from e
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key)
         return self._info(key, st)
@@ -294,7 +296,7 @@ class LocalObjectStore(ObjectStore):
         except (IsADirectoryError, NotADirectoryError):
             return  # no object by that name
         except OSError as e:
-            raise StorageError(f"{self.description}: cannot delete {key!r}: {e}") from e
+            raise self._failed("delete", key, e) from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
@@ -340,11 +342,16 @@ class LocalObjectStore(ObjectStore):
         try:
             yield
         except OSError as e:
-            raise StorageError(f"{self.description}: cannot {action} {key!r}: {e}") from e
+            raise self._failed(action, key, e) from e
+
+    def _failed(self, action: str, key: str, error: OSError) -> StorageUnavailable:
+        """A file system failure (a full disk, an I/O error, a permission) as what it is
+        to callers: the store failed, nothing was changed, try again once it is fixed."""
+        return StorageUnavailable(self.description, f"cannot {action} {key!r}: {error}")
 
     def _walk_error(self, error: OSError) -> None:
         if not isinstance(error, FileNotFoundError):
-            raise StorageError(f"{self.description}: cannot list: {error}") from error
+            raise StorageUnavailable(self.description, f"cannot list: {error}") from error
 
     @staticmethod
     def _info(key: str, st: os.stat_result) -> ObjectInfo:

@@ -12,6 +12,8 @@ import hashlib
 import io
 import os
 import random
+import resource
+import signal
 import stat
 import threading
 import time
@@ -284,6 +286,25 @@ class TestLocalObjectStore(ObjectStoreContract):
             store.put("docs/partial", as_stream(ReadOnlyStream(MIB * 3, fail_after=MIB)))
 
         assert os.listdir(tmp_path / "objects" / "docs") == []
+
+    def test_a_full_disk_is_an_unavailable_store_and_leaves_nothing(self, tmp_path: Path) -> None:
+        """The file-size limit makes the kernel refuse writes past it (EFBIG), as a full
+        disk refuses them (ENOSPC): a real failure of the file system, not a stand-in."""
+        store = LocalObjectStore(tmp_path / "objects")
+        store.put("docs/kept", io.BytesIO(b"an object stored before"))
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MIB, limits[1]))
+        try:
+            with pytest.raises(StorageUnavailable, match="cannot write 'docs/big'") as raised:
+                store.put("docs/big", io.BytesIO(bytes(2 * MIB)))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+
+        assert raised.value.public_message == "The document store is unavailable; try again later."
+        assert sorted(os.listdir(tmp_path / "objects" / "docs")) == ["kept"]
+        assert read_all(store, "docs/kept") == b"an object stored before"
 
     def test_a_directory_is_not_an_object(self, tmp_path: Path) -> None:
         store = LocalObjectStore(tmp_path / "objects")
