@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,16 @@ PING_IDLE_AFTER_S = 1.0
 def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets foreign keys, WAL and a busy timeout on every connection.
 
-    The SQLite file's directory is created if missing. A server database's pooled
+    A missing SQLite file is created readable by its owner only (SQLite gives its WAL
+    and shared-memory files the same mode), in a directory created 0700 if missing; an
+    existing file keeps its mode. A server database's pooled
     connections are checked before reuse once idle for ``ping_idle_after`` seconds.
     Other keyword arguments go to ``create_engine``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database))
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -47,6 +50,13 @@ def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwarg
     engine = create_engine(url, **kwargs)
     _ping_idle_connections(engine, ping_idle_after)
     return engine
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (and its directory 0700) unless it exists."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _ping_idle_connections(engine: Engine, idle_after: float) -> None:

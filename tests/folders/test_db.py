@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+import stat
 import time
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -43,6 +46,35 @@ def test_student_search_can_use_the_trigram_index(postgres_database_url: str) ->
         assert "ix_students_search" in plan
     finally:
         engine.dispose()
+
+
+def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "satchel.db"
+    old_umask = os.umask(0o022)  # the usual umask, which would give 0644 files
+    try:
+        engine = make_engine(f"sqlite:///{path}")
+        upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.scalar(text("PRAGMA journal_mode")) == "wal"
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(old_umask)
+
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert modes == {"satchel.db": 0o600, "satchel.db-wal": 0o600, "satchel.db-shm": 0o600}
+
+
+def test_an_existing_sqlite_database_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "satchel.db"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert current_revision(make_engine(f"sqlite:///{path}")) == head_revision(engine)
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:
