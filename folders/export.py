@@ -97,18 +97,12 @@ class FolderExport:
         self._documents = documents
         self._clock = clock
 
-    def export(
-        self, actor: Actor, student_id: uuid.UUID, out_dir: Path, *, purpose: str
-    ) -> ExportResult:
-        """Write the folder of ``student_id`` into the new directory ``out_dir``.
+    def require_permission(self, actor: Actor, student_id: uuid.UUID | None = None) -> None:
+        """Refuse ``actor`` unless they may export folders, recording the refusal.
 
-        ``out_dir`` must not exist (or be an empty directory) and its parent must.
-        Raises Forbidden (not a registrar; the refusal is audited), NotFound (student),
-        InvalidInput (purpose or destination), ExportFailed (a document failed its
-        integrity check or could not be read or written), AuditUnavailable.
+        Call it before looking the student up, so a refusal is audited even when the
+        lookup would refuse first. Raises Forbidden, AuditUnavailable.
         """
-        reason = clean_text(purpose, "purpose", max_length=200)
-        assert reason is not None
         now = self._clock()
         resource = Resource(student_id=student_id)
         if not (
@@ -125,6 +119,21 @@ class FolderExport:
                 )
             )
             raise Forbidden()
+
+    def export(
+        self, actor: Actor, student_id: uuid.UUID, out_dir: Path, *, purpose: str
+    ) -> ExportResult:
+        """Write the folder of ``student_id`` into the new directory ``out_dir``.
+
+        ``out_dir`` must not exist (or be an empty directory) and its parent must.
+        Raises Forbidden (not a registrar; the refusal is audited), NotFound (student),
+        InvalidInput (purpose or destination), ExportFailed (a document failed its
+        integrity check or could not be read or written), AuditUnavailable.
+        """
+        reason = clean_text(purpose, "purpose", max_length=200)
+        assert reason is not None
+        now = self._clock()
+        self.require_permission(actor, student_id)
         destination = _check_destination(out_dir)
         student, documents = self._load(student_id)
         scratch = Path(

@@ -109,8 +109,9 @@ def folder_export(student_id: str, out_dir: Path, purpose: str, as_email: str) -
     a manifest.json with ids, categories, titles, versions and SHA-256."""
     rt = runtime()
     actor = rt.accounts.acting_as(as_email)
-    student = rt.students.get_by_district_id(actor, student_id)
     exporter = FolderExport(rt.engine, rt.audit_log, rt.documents, rt.clock)
+    exporter.require_permission(actor)  # audited, before the lookup could refuse
+    student = rt.students.get_by_district_id(actor, student_id)
     result = exporter.export(actor, student.id, out_dir, purpose=purpose)
     click.echo(
         f"exported {len(result.documents)} documents ({result.bytes_written / 1e6:.1f} MB) of "

@@ -289,3 +289,13 @@ def test_satchel_folder_export(
         env=env,
     )
     assert unknown.exit_code == 1 and "No student with the district id S-404" in unknown.output
+
+    # A guardian is refused before the student is looked up, and the refusal is audited.
+    as_parent = ["folder", "export", cast.child.district_id, "--as", cast.parent.email]
+    refused = runner.invoke(cli, [*as_parent, "--out", str(tmp_path / "theirs")], env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "You are not allowed to do this." in refused.output
+    assert not (tmp_path / "theirs").exists()
+    [denied] = runtime.audit_log.query(action=Action.ACCESS_DENIED, per_page=5).items
+    assert denied.event.actor_id == str(cast.parent.user_id)
+    assert denied.event.detail == "folder.export: role not permitted"
