@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
-from audit.log import AuditLog
+from audit.log import AuditLog, Page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
@@ -325,20 +325,44 @@ class Documents:
     # Reading ----------------------------------------------------------------------------
 
     def list_folder(self, actor: Actor, student_id: uuid.UUID) -> list[DocumentInfo]:
-        """Every document of a student with all versions (staff); audited as a folder view."""
+        """Every document of a student with all versions (staff), by category and newest
+        first within one; audited as a folder view. Raises Forbidden, NotFound."""
+        return list(self.folder_page(actor, student_id, per_page=None).items)
+
+    def folder_page(
+        self,
+        actor: Actor,
+        student_id: uuid.UUID,
+        *,
+        category: Category | None = None,
+        page: int = 1,
+        per_page: int | None = 50,
+    ) -> Page[DocumentInfo]:
+        """One page of a student's documents with all their versions (staff), in the
+        order of :meth:`list_folder`, of one ``category`` if given; ``per_page`` is at
+        most 500, and None gives them all on one page. A page past the last is the
+        last. Audited as a
+        folder view. Raises Forbidden, NotFound.
+        """
         self._require(actor, Permission.LIST_FOLDER)
         with reading_session(self._engine) as session:
             if session.get(Student, student_id) is None:
                 raise NotFound("No such student.")
+            query = select(Document).where(Document.student_id == student_id)
+            if category is not None:
+                query = query.where(Document.category == category)
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            size = max(1, total) if per_page is None else min(max(1, per_page), 500)
+            page = min(max(1, page), max(1, -(-total // size)))
             documents = session.scalars(
-                select(Document)
-                .where(Document.student_id == student_id)
-                .order_by(Document.category, Document.created_at.desc())
+                query.order_by(Document.category, Document.created_at.desc(), Document.id)
+                .offset((page - 1) * size)
+                .limit(size)
             ).all()
             versions = self._versions_by_document(session, [d.id for d in documents])
-            result = [document_info(d, versions.get(d.id, [])) for d in documents]
+            items = tuple(document_info(d, versions.get(d.id, [])) for d in documents)
         self._audit.record(event_for(actor, Action.FOLDER_VIEW, student_id=student_id))
-        return result
+        return Page(items, page, size, total)
 
     def shared_with(self, actor: Actor) -> list[SharedDocument]:
         """What a guardian may see now, newest first. Each item is confirmed by the policy."""

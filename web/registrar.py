@@ -61,14 +61,26 @@ def home() -> str:
 # The folder --------------------------------------------------------------------------------
 
 
+#: Documents per page of a folder; a category filter narrows a long one.
+FOLDER_PAGE_SIZE = 50
+
+
 @bp.get("/students/<uuid:student_id>")
 def folder(student_id: uuid.UUID) -> str:
     actor = current_actor()
     rt = runtime()
     student = rt.students.get_student(actor, student_id)
-    documents = rt.documents.list_folder(actor, student_id)
+    chosen = request.args.get("category", "")
+    category = parse_category(chosen) if chosen else None  # unknown: InvalidInput, 400
+    found = rt.documents.folder_page(
+        actor,
+        student_id,
+        category=category,
+        page=pages.page_number(),
+        per_page=FOLDER_PAGE_SIZE,
+    )
     by_category: dict[Category, list[DocumentInfo]] = {}
-    for document in documents:
+    for document in found.items:
         by_category.setdefault(document.category, []).append(document)
     groups = [(c, by_category[c]) for c in Category if c in by_category]
     return render_template(
@@ -76,6 +88,9 @@ def folder(student_id: uuid.UUID) -> str:
         title=f"Folder of {student.full_name}",
         student=student,
         groups=groups,
+        found=found,
+        category=category,
+        categories=list(Category),
     )
 
 

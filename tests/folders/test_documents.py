@@ -307,3 +307,27 @@ def test_a_guardian_open_sees_the_current_version_whatever_the_number_of_grants(
     runtime.grants.revoke(cast.registrar, grants[2].id, "Ended")
     with pytest.raises(NotFound):
         read(runtime, cast, info.id)
+
+
+def test_a_folder_page_holds_its_slice_in_folder_order(runtime: Runtime, cast: Cast) -> None:
+    for n in range(3):
+        upload_pdf(runtime, cast, cast.child, f"Card {n}", Category.REPORT_CARD)
+    upload_pdf(runtime, cast, cast.child, "Screening", Category.HEALTH)
+    whole = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    documents = runtime.documents
+
+    pages = [
+        documents.folder_page(cast.registrar, cast.child.id, page=n, per_page=3) for n in (1, 2)
+    ]
+    assert [p.total for p in pages] == [4, 4] and [p.pages for p in pages] == [2, 2]
+    assert [d.id for p in pages for d in p.items] == [d.id for d in whole]
+    past = documents.folder_page(cast.registrar, cast.child.id, page=9, per_page=3)
+    assert past.page == 2 and past.items == pages[1].items
+    health = documents.folder_page(cast.registrar, cast.child.id, category=Category.HEALTH)
+    assert [d.title for d in health.items] == ["Screening"] and health.total == 1
+    everything = documents.folder_page(cast.registrar, cast.child.id, per_page=None)
+    assert everything.pages == 1 and len(everything.items) == 4
+    with pytest.raises(Forbidden):
+        documents.folder_page(cast.parent, cast.child.id)
+    with pytest.raises(NotFound):
+        documents.folder_page(cast.registrar, uuid.uuid4())

@@ -23,6 +23,7 @@ from tests.support import samples
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import Clock, events, post, share_folder, signed_in, upload_pdf
+from web import registrar
 
 # This module's fixtures: a clock the test moves, and cheap Argon2id (tests.web.helpers).
 clock = helpers.clock
@@ -226,6 +227,40 @@ def test_folder_by_category_with_versions_and_corrected_version(
         content_type="multipart/form-data",
     )
     assert refused.status_code == 422 and 'id="file-error"' in refused.get_data(as_text=True)
+
+
+def test_a_long_folder_is_paged_and_narrowed_to_one_category(
+    app: Flask, runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registrar, "FOLDER_PAGE_SIZE", 3)
+    titles = [f"Progress report {n}" for n in range(4)]
+    for title in titles:
+        upload_pdf(runtime, cast, cast.child, title, Category.PROGRESS_REPORT)
+    upload_pdf(runtime, cast, cast.child, "Hearing screening", Category.HEALTH)
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}"
+    views = len(events(runtime, Action.FOLDER_VIEW))
+
+    first = client.get(url).get_data(as_text=True)
+    second = client.get(f"{url}?page=2").get_data(as_text=True)
+    assert "5 documents; 1 to 3 on this page." in first and "Page 1 of 2" in first
+    assert "4 to 5 on this page." in second and 'rel="prev"' in second
+    assert f'href="{url}?page=2" rel="next"' in first
+
+    def listed(page: str) -> list[str]:
+        return re.findall(r">([^<>]+)</a></th>", page)
+
+    assert len(listed(first)) == 3
+    assert sorted(listed(first) + listed(second)) == sorted([*titles, "Hearing screening"])
+
+    health = client.get(f"{url}?category=health").get_data(as_text=True)
+    assert "1 document in Health record." in health and listed(health) == ["Hearing screening"]
+    assert '<option value="health" selected>' in health
+    empty = client.get(f"{url}?category=iep").get_data(as_text=True)
+    assert "No documents in" in empty and "Show all categories" in empty
+    unknown = client.get(f"{url}?category=diary")
+    assert unknown.status_code == 400 and "Unknown category" in unknown.get_data(as_text=True)
+    assert len(events(runtime, Action.FOLDER_VIEW)) == views + 4
 
 
 def test_staff_open_a_version_for_a_stated_purpose(
