@@ -340,9 +340,8 @@ class Documents:
     ) -> Page[DocumentInfo]:
         """One page of a student's documents with all their versions (staff), in the
         order of :meth:`list_folder`, of one ``category`` if given; ``per_page`` is at
-        most 500, and None gives them all on one page. A page past the last is the
-        last. Audited as a
-        folder view. Raises Forbidden, NotFound.
+        most 500, and None gives them all on one page. A page past the last is the last.
+        Audited as a folder view. Raises Forbidden, NotFound.
         """
         self._require(actor, Permission.LIST_FOLDER)
         with reading_session(self._engine) as session:
@@ -351,14 +350,16 @@ class Documents:
             query = select(Document).where(Document.student_id == student_id)
             if category is not None:
                 query = query.where(Document.category == category)
-            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            size = max(1, total) if per_page is None else min(max(1, per_page), 500)
-            page = min(max(1, page), max(1, -(-total // size)))
-            documents = session.scalars(
-                query.order_by(Document.category, Document.created_at.desc(), Document.id)
-                .offset((page - 1) * size)
-                .limit(size)
-            ).all()
+            query = query.order_by(Document.category, Document.created_at.desc(), Document.id)
+            if per_page is None:
+                documents = session.scalars(query).all()
+                total, size, page = len(documents), max(1, len(documents)), 1
+            else:
+                count = select(func.count()).select_from(query.order_by(None).subquery())
+                total = session.scalar(count) or 0
+                size = min(max(1, per_page), 500)
+                page = min(max(1, page), max(1, -(-total // size)))
+                documents = session.scalars(query.offset((page - 1) * size).limit(size)).all()
             versions = self._versions_by_document(session, [d.id for d in documents])
             items = tuple(document_info(d, versions.get(d.id, [])) for d in documents)
         self._audit.record(event_for(actor, Action.FOLDER_VIEW, student_id=student_id))
