@@ -371,6 +371,26 @@ def test_grant_document_category_and_folder_then_revoke_with_reason(
     ).get_data(as_text=True)
 
 
+def test_the_document_to_share_is_chosen_from_the_folder_grouped_by_category(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    hearing, _ = upload_pdf(runtime, cast, cast.child, "Hearing screening", Category.HEALTH)
+    term, _ = upload_pdf(runtime, cast, cast.child, "Term 1", Category.REPORT_CARD)
+    upload_pdf(runtime, cast, cast.other_child, "Another student's record", Category.HEALTH)
+    client = signed_in(app, cast.registrar.email)
+    page = client.get(f"/registrar/students/{cast.child.id}/sharing").get_data(as_text=True)
+    start = page.index('<select id="document"')
+    document_select = page[start : page.index("</select>", start)]
+    groups = re.findall(r'<optgroup label="([^"]+)">(.*?)</optgroup>', document_select, re.S)
+    assert [
+        (label, re.findall(r'<option value="([^"]+)">([^<]+)</option>', options))
+        for label, options in groups
+    ] == [
+        ("Health record", [(str(hearing.id), "Hearing screening (2025-2026)")]),
+        ("Report card", [(str(term.id), "Term 1 (2025-2026)")]),
+    ]
+
+
 def test_grant_form_rejects_bad_input(app: Flask, cast: Cast, clock: Clock) -> None:
     client = signed_in(app, cast.registrar.email)
     url = f"/registrar/students/{cast.child.id}/grants"
