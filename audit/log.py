@@ -264,7 +264,7 @@ class Page(Generic[T]):
 
     @property
     def pages(self) -> int:
-        return _last_page(self.total, self.per_page)
+        return last_page(self.total, self.per_page)
 
     @property
     def has_previous(self) -> bool:
@@ -275,8 +275,9 @@ class Page(Generic[T]):
         return self.page < self.pages
 
 
-def _last_page(total: int, per_page: int) -> int:
-    """The number of the last page of ``total`` matches (1 when there are none)."""
+def last_page(total: int, per_page: int) -> int:
+    """The number of the last page of ``total`` matches (1 when there are none); a
+    requested page past it is shown as it."""
     return max(1, -(-total // per_page))
 
 
@@ -872,7 +873,7 @@ class AuditLog:
                 total = connection.execute(
                     select(func.count()).select_from(EVENTS).where(*where)
                 ).scalar_one()
-                page = min(page, _last_page(total, per_page))
+                page = min(page, last_page(total, per_page))
                 entries = connection.execute(
                     select(EVENTS.c.sequence, EVENTS.c.entry)
                     .where(*where)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.events import Action
-from audit.log import AuditLog, Page
+from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor, RequestContext
 from folders.auditing import event_for
 from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
@@ -148,7 +148,7 @@ class Accounts:
         ]
         with Session(self._engine) as session:
             total = session.scalar(select(func.count()).select_from(User).where(*where)) or 0
-            page = min(page, max(1, -(-total // per_page)))
+            page = min(page, last_page(total, per_page))
             users = session.scalars(
                 select(User)
                 .where(*where)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Outcome, RecordedEvent
-from audit.log import AuditLog, EventFilter, Page
+from audit.log import AuditLog, EventFilter, Page, last_page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Forbidden, NotFound
@@ -195,7 +195,7 @@ class Disclosures:
         matching.reverse()
         total = len(matching)
         size = per_page or max(1, total)
-        page = min(max(1, page), max(1, -(-total // size)))
+        page = min(max(1, page), last_page(total, size))
         chosen = matching[(page - 1) * size : page * size]
         titles = self._titles({r.event.document_id for r in chosen if r.event.document_id})
         items = tuple(

@@ -9,12 +9,23 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, Insert, and_, bindparam, func, insert, inspect, or_, select
+from sqlalchemy import (
+    Engine,
+    Insert,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
-from audit.log import AuditLog, Page
+from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
@@ -37,6 +48,13 @@ from storage.ingest import SealedRef, Spool, StoredFile, Vault
 
 _SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
+# A folder's order: its categories in the vocabulary's order (report cards first, as the
+# pages show them), newest first within one, so a page is a slice of what it displays.
+_FOLDER_ORDER = (
+    case({c: i for i, c in enumerate(Category)}, value=Document.category),
+    Document.created_at.desc(),
+    Document.id,
+)
 
 # The read of every open, built once: building a statement costs more than running it.
 _DOCUMENT_AND_VERSIONS = (
@@ -325,8 +343,9 @@ class Documents:
     # Reading ----------------------------------------------------------------------------
 
     def list_folder(self, actor: Actor, student_id: uuid.UUID) -> list[DocumentInfo]:
-        """Every document of a student with all versions (staff), by category and newest
-        first within one; audited as a folder view. Raises Forbidden, NotFound."""
+        """Every document of a student with all versions (staff), by category in the order
+        of :class:`Category` and newest first within one; audited as a folder view.
+        Raises Forbidden, NotFound."""
         return list(self.folder_page(actor, student_id, per_page=None).items)
 
     def folder_page(
@@ -350,7 +369,7 @@ class Documents:
             query = select(Document).where(Document.student_id == student_id)
             if category is not None:
                 query = query.where(Document.category == category)
-            query = query.order_by(Document.category, Document.created_at.desc(), Document.id)
+            query = query.order_by(*_FOLDER_ORDER)
             if per_page is None:
                 documents = session.scalars(query).all()
                 total, size, page = len(documents), max(1, len(documents)), 1
@@ -358,7 +377,7 @@ class Documents:
                 count = select(func.count()).select_from(query.order_by(None).subquery())
                 total = session.scalar(count) or 0
                 size = min(max(1, per_page), 500)
-                page = min(max(1, page), max(1, -(-total // size)))
+                page = min(max(1, page), last_page(total, size))
                 documents = session.scalars(query.offset((page - 1) * size).limit(size)).all()
             versions = self._versions_by_document(session, [d.id for d in documents])
             items = tuple(document_info(d, versions.get(d.id, [])) for d in documents)

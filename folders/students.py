@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.events import Action
-from audit.log import AuditLog, Page
+from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -184,7 +184,7 @@ class Students:
         with Session(self._engine) as session:
             base = select(Student).where(*condition)
             total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-            page = min(page, max(1, -(-total // per_page)))  # past the last: the last
+            page = min(page, last_page(total, per_page))
             rows = session.scalars(
                 base.order_by(Student.family_name, Student.given_name, Student.district_id)
                 .offset((page - 1) * per_page)

@@ -7,9 +7,11 @@ guardians; share with guardians and revoke.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import unicodedata
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO, cast
@@ -79,19 +81,22 @@ def folder(student_id: uuid.UUID) -> str:
         page=pages.page_number(),
         per_page=FOLDER_PAGE_SIZE,
     )
-    by_category: dict[Category, list[DocumentInfo]] = {}
-    for document in found.items:
-        by_category.setdefault(document.category, []).append(document)
-    groups = [(c, by_category[c]) for c in Category if c in by_category]
     return render_template(
         "registrar/folder.html",
         title=f"Folder of {student.full_name}",
         student=student,
-        groups=groups,
+        groups=_by_category(found.items),
         found=found,
         category=category,
         categories=list(Category),
     )
+
+
+def _by_category(documents: Iterable[DocumentInfo]) -> list[tuple[Category, list[DocumentInfo]]]:
+    """``documents`` in groups of one category each, in folder order (which keeps a
+    category's documents together)."""
+    grouped = itertools.groupby(documents, key=lambda document: document.category)
+    return [(category, list(group)) for category, group in grouped]
 
 
 @bp.get("/documents/<uuid:document_id>")
@@ -405,7 +410,7 @@ def _sharing_page(
         guardians=eligible,
         blocked=blocked,
         grants=rt.grants.list_for_student(actor, student_id),
-        documents=rt.documents.list_folder(actor, student_id),
+        document_groups=_by_category(rt.documents.list_folder(actor, student_id)),
         categories=CATEGORY_CHOICES,
         errors=errors,
         values=values,

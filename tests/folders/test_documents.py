@@ -315,6 +315,8 @@ def test_a_folder_page_holds_its_slice_in_folder_order(runtime: Runtime, cast: C
     upload_pdf(runtime, cast, cast.child, "Screening", Category.HEALTH)
     whole = runtime.documents.list_folder(cast.registrar, cast.child.id)
     documents = runtime.documents
+    # Categories in the vocabulary's order, as the pages show them; newest first in one.
+    assert [d.title for d in whole] == ["Card 2", "Card 1", "Card 0", "Screening"]
 
     pages = [
         documents.folder_page(cast.registrar, cast.child.id, page=n, per_page=3) for n in (1, 2)

@@ -386,8 +386,8 @@ def test_the_document_to_share_is_chosen_from_the_folder_grouped_by_category(
         (label, re.findall(r'<option value="([^"]+)">([^<]+)</option>', options))
         for label, options in groups
     ] == [
-        ("Health record", [(str(hearing.id), "Hearing screening (2025-2026)")]),
         ("Report card", [(str(term.id), "Term 1 (2025-2026)")]),
+        ("Health record", [(str(hearing.id), "Hearing screening (2025-2026)")]),
     ]
 
 
