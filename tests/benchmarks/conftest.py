@@ -3,6 +3,12 @@
 Every figure is a median over repeated, interleaved runs with its spread, and every
 speed is also given as a ratio to a baseline measured in the same run on the same
 services. `make bench` prints the table and writes ``var/bench/results.json``.
+
+``SATCHEL_BENCH_SCALE`` is ``small`` (the default), ``full`` (the sizes of the goals) or
+``smoke``: the smallest sizes, which ``make test`` runs so that every benchmark, and the
+checks inside it (no 5xx, one audit event per download, a log that verifies), keeps
+working; its figures measure nothing and are not saved unless ``SATCHEL_BENCH_RESULTS``
+names a file.
 """
 
 from __future__ import annotations
@@ -27,14 +33,26 @@ from tests.support.s3 import S3Service
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-RESULTS = Path(os.environ.get("SATCHEL_BENCH_RESULTS", "var/bench/results.json"))
+SCALES = ("smoke", "small", "full")
 
 
 def scale() -> str:
+    """The run's scale; raises pytest.UsageError for an unknown one."""
     value = os.environ.get("SATCHEL_BENCH_SCALE", "small")
-    if value not in ("small", "full"):
-        raise pytest.UsageError(f"SATCHEL_BENCH_SCALE must be small or full, not {value!r}")
+    if value not in SCALES:
+        raise pytest.UsageError(
+            f"SATCHEL_BENCH_SCALE must be one of {', '.join(SCALES)}, not {value!r}"
+        )
     return value
+
+
+def results_path() -> Path | None:
+    """Where the run's figures are saved: ``SATCHEL_BENCH_RESULTS``, else
+    ``var/bench/results.json`` except at smoke scale (not saved)."""
+    named = os.environ.get("SATCHEL_BENCH_RESULTS")
+    if named:
+        return Path(named)
+    return None if scale() == "smoke" else Path("var/bench/results.json")
 
 
 @dataclass
@@ -133,15 +151,18 @@ def results() -> Iterator[Results]:
     if not collected.figures:
         return
     print("\n" + collected.table() + "\n")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path = results_path()
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
     merged = (
         {f["key"]: f for f in previous.get("figures", [])}
         if previous.get("scale") == collected.scale
         else {}
     )
     merged |= {f.key: asdict(f) for f in collected.figures}
-    RESULTS.write_text(
+    path.write_text(
         json.dumps({"scale": collected.scale, "figures": list(merged.values())}, indent=2) + "\n"
     )
 

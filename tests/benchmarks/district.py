@@ -360,6 +360,7 @@ class DistrictSize:
 DISTRICT_SIZES = {
     "full": DistrictSize(100_000, 150_000, 1_000_000, 5_000_000),
     "small": DistrictSize(10_000, 15_000, 100_000, 500_000),
+    "smoke": DistrictSize(500, 750, 5_000, 20_000),
 }
 
 _GIVEN = (

@@ -43,6 +43,7 @@ from tests.support.db import PostgresServer
 pytestmark = pytest.mark.postgres
 
 SCALES = {
+    "smoke": {"appends": 100, "rounds": 2, "verify": 20_000, "verify_runs": 1},
     "small": {"appends": 800, "rounds": 3, "verify": 600_000, "verify_runs": 3},
     "full": {"appends": 5_000, "rounds": 5, "verify": 1_000_000, "verify_runs": 3},
 }

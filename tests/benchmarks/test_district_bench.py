@@ -52,8 +52,8 @@ from tests.support.s3 import S3Service
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
 ROUNDS = 3
-QUERIES = {"small": 100, "full": 200}  # of each kind per round, through the services
-HTTP_QUERIES = {"small": 40, "full": 150}  # of each kind per round, over HTTP
+QUERIES = {"smoke": 10, "small": 100, "full": 200}  # of each kind per round, through the services
+HTTP_QUERIES = {"smoke": 5, "small": 40, "full": 150}  # of each kind per round, over HTTP
 WARM_UP = 20  # queries of each kind before the rounds, not counted
 HTTP_GUARDIANS = 8  # logged in over HTTP (each login costs an Argon2id rehash)
 GOAL_GUARDIAN_LIST_P95_MS = 30

@@ -42,7 +42,8 @@ pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 WORKERS = 4  # satchel ingest's default --workers
 READERS = 4
 STUDENTS = 8
-SCALES = {"small": (64_000_000, 5), "full": (1_050_000_000, 5)}  # bytes per round, rounds
+# Bytes per round, rounds.
+SCALES = {"smoke": (6_000_000, 2), "small": (64_000_000, 5), "full": (1_050_000_000, 5)}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from tests.support.s3 import S3Service
 
 pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 
-SIZES_MB = {"small": 256, "full": 1024}
+SIZES_MB = {"smoke": 16, "small": 256, "full": 1024}
 ROUNDS = 3
 GOAL_MB = 64
 # A letter page scanned at 300 dpi, 8-bit grey: 8.4 MB.
@@ -170,7 +170,7 @@ def test_peak_memory_of_large_upload_and_download(
         seconds_down.append(float(down["seconds"]))  # type: ignore[arg-type]
     size = f"{scan.stat().st_size / 2**20:.0f} MiB TIFF"
     if megabytes < 1024:
-        size += " (small scale: not 1 GB)"
+        size += f" ({scale()} scale: not 1 GB)"
     results.add(
         "upload_1gb_peak_rss_mb",
         median(uploads),

@@ -45,7 +45,7 @@ def test_pipeline_vs_raw_s3(
     tmp_path: Path,
     results: Results,
 ) -> None:
-    count, rounds = (24, 5) if scale() == "small" else (100, 7)
+    count, rounds = {"smoke": (6, 2), "small": (24, 5), "full": (100, 7)}[scale()]
     docs = documents(count)
     total_mb = sum(len(d) for _, d in docs) / 1e6
     keyring = Keyring.create(tmp_path / "keyring.json", now=datetime.now(UTC))
