@@ -46,6 +46,5 @@ echo "== pytest"
 .venv/bin/pytest "$@"
 if [ $# -eq 0 ]; then
   echo "== benchmarks at smoke scale (do they still run?)"
-  SATCHEL_BENCH_SCALE=smoke SATCHEL_BENCH_RESULTS="$run_dir/bench-smoke.json" \
-    .venv/bin/pytest --bench tests/benchmarks -q
+  SATCHEL_BENCH_SCALE=smoke .venv/bin/pytest --bench tests/benchmarks -q
 fi
