@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 from botocore.config import Config
+from sqlalchemy import Column, Index, MetaData, Table
 
+from audit.models import EVENTS
 from folders.runtime import Runtime
 from tests.benchmarks.district import open_site, site_settings
 from tests.support.s3 import S3Service
@@ -83,6 +85,10 @@ class Results:
             spread = f"{min(samples):.4g}-{max(samples):.4g} (n={len(samples)})"
         self.figures.append(Figure(key, round(value, 4), unit, spread, note))
 
+    def add_median(self, key: str, samples: list[float], unit: str, note: str = "") -> None:
+        """:meth:`add` the median of ``samples``, with their spread."""
+        self.add(key, median(samples), unit, samples=samples, note=note)
+
     def table(self) -> str:
         lines = [
             f"Satchel benchmarks, scale {self.scale}",
@@ -95,6 +101,19 @@ class Results:
             for f in self.figures
         ]
         return "\n".join(lines)
+
+
+def plain_events_table(name: str) -> Table:
+    """A table with ``audit_events``' columns and indexes and nothing else (no trigger,
+    lock or hashing): where a baseline writes the same rows the plainest way."""
+    table = Table(
+        name,
+        MetaData(),
+        *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in EVENTS.c),
+    )
+    for index in EVENTS.indexes:
+        Index(f"{name}_{index.name}", *(table.c[c.name] for c in index.columns))
+    return table
 
 
 def median(samples: list[float]) -> float:

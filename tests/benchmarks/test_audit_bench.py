@@ -27,17 +27,17 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.copy import QueuedLibpqWriter
-from sqlalchemy import Column, Engine, Index, MetaData, Table, insert, update
+from sqlalchemy import Engine, insert, update
 
 from audit.checkpoint import CheckpointSigner
 from audit.events import GENESIS_HASH, PAYLOAD_FIELDS, entry_from_values, event_values, format_time
 from audit.log import AuditLog
 from audit.merkle import leaf_hash
-from audit.models import EVENTS, HEAD
+from audit.models import HEAD
 from folders.db import make_engine
 from storage.objects import LocalObjectStore
 from tests.audit.test_tamper import sample_event
-from tests.benchmarks.conftest import Results, median, scale
+from tests.benchmarks.conftest import Results, median, plain_events_table, scale
 from tests.support.db import PostgresServer
 
 pytestmark = pytest.mark.postgres
@@ -125,13 +125,7 @@ def _bench_appends(
     """
     # The baseline: the same columns, indexes and bytes, inserted with nothing else.
     name = f"bench_plain_{writers}_{'shared' if shared else 'own'}"
-    plain = Table(
-        name,
-        MetaData(),
-        *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in EVENTS.c),
-    )
-    for index in EVENTS.indexes:
-        Index(f"{name}_{index.name}", *(plain.c[c.name] for c in index.columns))
+    plain = plain_events_table(name)
     plain.create(engine)
     sample = _log(engine, directory).record(sample_event(1))
     row: dict[str, Any] = dict(zip(PAYLOAD_FIELDS, event_values(sample.event), strict=True))
