@@ -137,7 +137,7 @@ def add_cpu_figures(results: Results, operation: str, satchel: list[CPU], raw: l
 
 class Floor:
     """Raw boto3 plus the least a vault under Satchel's rules must add, done the cheapest
-    way: the SQL on plain psycopg connections (one per thread, kept across rounds, each
+    way: the SQL on plain psycopg connections (as many as threads, kept across rounds, each
     statement in autocommit mode and prepared by the driver after its fifth use), no ORM,
     no encryption, no hashing.
 
@@ -150,12 +150,11 @@ class Floor:
 
     def __init__(self, site: Runtime, connections: int) -> None:
         assert site.settings.database_url is not None
-        self._table = plain_events_table("bench_floor_events")
-        self._table.create(site.engine)
-        self._engine = site.engine
+        table = plain_events_table("bench_floor_events")
+        table.create(site.engine)
         dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
         self._policy = str(_DOCUMENT_FOR_GUARDIAN.compile(dialect=dialect))
-        self._insert = str(insert(self._table).compile(dialect=dialect))
+        self._insert = str(insert(table).compile(dialect=dialect))
         sample = site.audit_log.get(1)
         self._row: dict[str, object] = dict(
             zip(PAYLOAD_FIELDS, event_values(sample.event), strict=True)
@@ -195,9 +194,9 @@ class Floor:
             connection.execute(self._insert, {**self._row, "sequence": next(self._sequence)})
 
     def close(self) -> None:
+        """Close the connections (the table goes with the test's database)."""
         while not self._pool.empty():
             self._pool.get().close()
-        self._table.drop(self._engine)
 
 
 def _parallel(workers: int, work: Callable[[int], object], count: int) -> float:
@@ -217,6 +216,7 @@ def test_ingest_and_read_vs_raw_s3(
     s3_prefix: str,
     tmp_path: Path,
     results: Results,
+    request: pytest.FixtureRequest,
 ) -> None:
     total, rounds = SCALES[scale()]
     corpus = write_corpus(tmp_path / "corpus", total)
@@ -247,40 +247,30 @@ def test_ingest_and_read_vs_raw_s3(
 
         return _parallel(READERS, one, len(document_ids))
 
-    def raw_put(tag: str) -> tuple[float, list[str]]:
-        keys = [f"{s3_prefix}raw/{tag}/{i}" for i in range(len(corpus.names))]
-
-        def one(i: int) -> None:
-            data = (corpus.directory / corpus.names[i]).read_bytes()
-            raw_s3_client.put_object(Bucket=s3_bucket, Key=keys[i], Body=data)
-
-        return _parallel(WORKERS, one, len(keys)), keys
-
-    def raw_get(keys: list[str]) -> float:
-        def one(i: int) -> None:
-            body = raw_s3_client.get_object(Bucket=s3_bucket, Key=keys[i])["Body"]
-            while body.read(64 * 1024):
-                pass
-            body.close()
-
-        return _parallel(READERS, one, len(keys))
-
     floor = Floor(site, max(WORKERS, READERS))
+    request.addfinalizer(floor.close)
     assert guardian.user_id is not None
 
-    def floor_put(tag: str) -> tuple[float, list[str]]:
-        keys = [f"{s3_prefix}floor/{tag}/{i}" for i in range(len(corpus.names))]
+    def raw_put(tag: str, *, with_floor: bool = False) -> tuple[float, list[str]]:
+        """Store the corpus with boto3; ``with_floor`` adds the floor's work to each."""
+        side = "floor" if with_floor else "raw"
+        keys = [f"{s3_prefix}{side}/{tag}/{i}" for i in range(len(corpus.names))]
 
         def one(i: int) -> None:
             data = (corpus.directory / corpus.names[i]).read_bytes()
-            floor.inspect_and_record(data, corpus.names[i])
+            if with_floor:
+                floor.inspect_and_record(data, corpus.names[i])
             raw_s3_client.put_object(Bucket=s3_bucket, Key=keys[i], Body=data)
 
         return _parallel(WORKERS, one, len(keys)), keys
 
-    def floor_get(keys: list[str], document_ids: list[object]) -> float:
+    def raw_get(keys: list[str], floor_for: list[object] | None = None) -> float:
+        """Read ``keys`` with boto3; with ``floor_for`` (Satchel's document ids), the
+        floor's work for the guardian and that document comes before each read."""
+
         def one(i: int) -> None:
-            floor.decide_and_record(guardian.user_id, document_ids[i])
+            if floor_for is not None:
+                floor.decide_and_record(guardian.user_id, floor_for[i])
             body = raw_s3_client.get_object(Bucket=s3_bucket, Key=keys[i])["Body"]
             while body.read(64 * 1024):
                 pass
@@ -301,8 +291,8 @@ def test_ingest_and_read_vs_raw_s3(
     _, keys = raw_put("warm-up")
     raw_get(keys)
     drop_raw(keys)
-    _, keys = floor_put("warm-up")
-    floor_get(keys, ids)
+    _, keys = raw_put("warm-up", with_floor=True)
+    raw_get(keys, floor_for=ids)
     drop_raw(keys)
 
     mb, docs = corpus.megabytes, len(corpus.names)
@@ -314,9 +304,9 @@ def test_ingest_and_read_vs_raw_s3(
         order = ("raw", "floor", "satchel") if round_ % 2 == 0 else ("satchel", "floor", "raw")
         for side in order:
             if side == "floor":
-                seconds, keys = floor_put(f"f{round_}")
+                seconds, keys = raw_put(f"f{round_}", with_floor=True)
                 floor_ingest.append(mb / seconds)
-                floor_read.append(mb / floor_get(keys, ids))
+                floor_read.append(mb / raw_get(keys, floor_for=ids))
                 drop_raw(keys)
             elif side == "raw":
                 before = cpu_now()
@@ -371,5 +361,4 @@ def test_ingest_and_read_vs_raw_s3(
         )
     for satchel, raw in (("ingest", "put"), ("read", "get")):
         add_cpu_figures(results, satchel, cpu[satchel], cpu[raw])
-    floor.close()
     assert all(r > 0 for r in ingest_ratios + read_ratios)
