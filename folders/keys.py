@@ -93,6 +93,7 @@ class KeyManagement:
 
         Rewrapping commits in batches, so a crash loses at most one batch of work and
         ``rotate(resume=True)`` carries on. ``progress(done, total)`` is called per batch.
+        If another process rotates again meanwhile, rewrapping follows the newer version.
         """
         self._require(actor)
         if not resume:
@@ -104,6 +105,10 @@ class KeyManagement:
         total = self._stale_count(active)
         done = 0
         while True:
+            # The keyring re-reads a key file another process changed, so a rotation made
+            # meanwhile shows here: rewrap wraps under the newer version, and the target
+            # must follow it or rows already moved would be picked up again forever.
+            active = self._keyring.active_version
             with Session(self._engine) as session, session.begin():
                 rows = session.scalars(
                     select(DocumentVersion)
@@ -169,6 +174,12 @@ class KeyManagement:
         event is recorded first, so an erasure is never unrecorded. Raises Forbidden,
         InvalidInput (no reason, or a data key in SQL is still wrapped under a retired
         version, as after restoring an older database), AuditUnavailable, KeyringError.
+
+        Only the versions checked here are erased, even if another process retires more
+        meanwhile. Not closed: an upload in flight on a server, whose data key was wrapped
+        under a version before the rotation and whose row is committed only after the SQL
+        checks of ``retire_below`` and of this method, is left unreadable
+        (docs/operations.md, §4).
         """
         self._require(actor)
         why = clean_text(reason, "reason", max_length=500)
@@ -193,7 +204,7 @@ class KeyManagement:
         self._audit.record(
             event_for(actor, Action.KEY_DESTROY, detail=f"key versions {listed}: {why}")
         )
-        return self._keyring.destroy_retired()
+        return self._keyring.destroy_retired(doomed)
 
     def shred_version(self, actor: Actor, version_id: uuid.UUID, reason: str) -> None:
         """Crypto-shred one document version: destroy its data key, then its object.

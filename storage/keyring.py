@@ -9,6 +9,18 @@ key version and a caller context (the object identity), so a wrapped DEK copied 
 row, object or version fails to unwrap. Rotation adds a version; ``rewrap`` moves DEKs to it;
 ``retire_below`` sets the minimum decryption version; ``destroy_retired`` erases retired KEKs
 from the file, which shreds every DEK still wrapped only under them.
+
+Several processes share the file (gunicorn workers, the ``satchel keys`` command line), so a
+``Keyring`` never trusts its copy blindly: before every operation that uses key material or
+reports state (``generate_data_key``, ``unwrap``, ``rewrap``, ``key_id``, ``active_version``,
+``status`` and the changes themselves) it compares one ``os.stat`` of the file with the stamp
+(device, inode, mode, size, mtime, ctime) of the copy it read, and re-reads, re-parses and
+re-validates the file when they differ. A rotation, retirement or destruction made by another
+process therefore takes effect in this one at its next operation, with no restart. A missing,
+unreadable, unsafe or invalid file at that point raises ``KeyringError`` and leaves the last
+valid state in memory but unused: every operation keeps raising until the file is good again.
+Writers replace the file (new inode) so the stamp always changes; an in-place edit by hand that
+keeps size and mode within one filesystem clock tick could go unnoticed until the next change.
 """
 
 from __future__ import annotations
@@ -22,7 +34,8 @@ import os
 import stat
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +57,9 @@ _MAX_FILE_SIZE = 1024 * 1024
 _WRAP_LABEL = b"satchel.keyring.wrap"
 
 _T = TypeVar("_T")
+
+# What tells one version of the keyring file from another without reading it.
+_Stamp = tuple[int, int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -168,8 +184,23 @@ def _state_problem(state: _State) -> str | None:
     return None
 
 
-def _read_file(path: Path) -> bytes:
-    """The keyring file's bytes after checking, on the open descriptor, that it is private."""
+def _stamp(info: os.stat_result) -> _Stamp:
+    # Writers replace the file, so the inode changes; mode is here so that a chmod is
+    # noticed (and re-checked) even within one timestamp tick.
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+
+
+def _read_file(path: Path) -> tuple[bytes, _Stamp]:
+    """The keyring file's bytes after checking, on the open descriptor, that it is private,
+    and the stamp of the file those bytes were read from (taken from that descriptor, so a
+    replacement racing the read shows up as a changed stamp later, never as a missed one)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -190,7 +221,7 @@ def _read_file(path: Path) -> bytes:
         raw = file.read(_MAX_FILE_SIZE + 1)
     if len(raw) > _MAX_FILE_SIZE:
         raise KeyringError(f"keyring {path} is larger than {_MAX_FILE_SIZE} bytes")
-    return raw
+    return raw, _stamp(info)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -248,17 +279,34 @@ def _wrap_aad(key_id: str, key_version: int, context: bytes) -> bytes:
 
 
 class Keyring:
-    """Versioned KEKs in one private JSON file; wraps, unwraps and rewraps data keys."""
+    """Versioned KEKs in one private JSON file; wraps, unwraps and rewraps data keys.
 
-    def __init__(self, path: Path, state: _State, random: Callable[[int], bytes]) -> None:
+    Safe to share between threads. Every public operation first makes sure it works from
+    the file as it is now (see the module docstring), so each one may also raise the
+    ``KeyringError`` that :meth:`load` raises for a missing, unsafe or malformed file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        state: _State,
+        random: Callable[[int], bytes],
+        stamp: _Stamp | None = None,
+    ) -> None:
         self._path = path
-        self._state = state
         self._random = random
+        # The last valid state and the stamp of the file it was read from (None: not known,
+        # so the next operation re-reads). One attribute, so that a thread never pairs one
+        # reload's state with another's stamp.
+        self._loaded: tuple[_State, _Stamp | None] = (state, stamp)
+        self._reload_lock = threading.Lock()
 
     def __repr__(self) -> str:
+        # The last state read, without touching the file: repr must never raise.
+        state = self._loaded[0]
         return (
-            f"Keyring(path={str(self._path)!r}, key_id={self.key_id!r}, "
-            f"active_version={self.active_version})"
+            f"Keyring(path={str(self._path)!r}, key_id={state.key_id!r}, "
+            f"active_version={state.active_version})"
         )
 
     @classmethod
@@ -298,7 +346,8 @@ class Keyring:
         Raises KeyringError (naming the path) if it is missing, not a regular file,
         group- or world-readable or -writable, or malformed.
         """
-        return cls(path, _parse_state(path, _read_file(path)), random)
+        raw, stamp = _read_file(path)
+        return cls(path, _parse_state(path, raw), random, stamp)
 
     @property
     def path(self) -> Path:
@@ -306,11 +355,48 @@ class Keyring:
 
     @property
     def key_id(self) -> str:
-        return self._state.key_id
+        return self._current().key_id
 
     @property
     def active_version(self) -> int:
-        return self._state.active_version
+        return self._current().active_version
+
+    def _current(self) -> _State:
+        """The validated state of the file as it is now; re-read only if the file changed.
+
+        Raises KeyringError if the file changed and is now missing, unsafe or invalid.
+        """
+        state, stamp = self._loaded
+        try:
+            unchanged = stamp is not None and _stamp(os.stat(self._path)) == stamp
+        except OSError:
+            unchanged = False  # _reload names the problem
+        # SECURITY: another process may have rotated, retired or destroyed versions; key
+        # material is only used from the file as it is now.
+        return state if unchanged else self._reload()
+
+    def _reload(self) -> _State:
+        with self._reload_lock:
+            state, stamp = self._loaded
+            try:
+                now = _stamp(os.stat(self._path))
+            except FileNotFoundError:
+                raise KeyringError(
+                    f"keyring {self._path} has disappeared since it was loaded; "
+                    "restore the key files"
+                ) from None
+            except OSError as error:
+                raise KeyringError(
+                    f"keyring {self._path} cannot be checked: {error.strerror}"
+                ) from None
+            if now == stamp:
+                return state  # another thread re-read it meanwhile
+            raw, stamp = _read_file(self._path)
+            # SECURITY: memory only ever changes to a state that passed every check; when
+            # parsing fails the old state stays, unused, and the next operation retries.
+            fresh = _parse_state(self._path, raw)
+            self._loaded = (fresh, stamp)
+            return fresh
 
     @staticmethod
     def _fresh(random: Callable[[int], bytes], size: int) -> bytes:
@@ -319,9 +405,8 @@ class Keyring:
             raise ValueError("random returned the wrong number of bytes")
         return value
 
-    def _material(self, key_id: str, key_version: int) -> bytes:
+    def _material(self, state: _State, key_id: str, key_version: int) -> bytes:
         """The KEK of a version that may still decrypt; KeyringError otherwise."""
-        state = self._state
         if key_id != state.key_id:
             raise KeyringError(f"keyring {self._path} has no key {key_id!r}")
         if not 1 <= key_version <= len(state.versions):
@@ -335,30 +420,22 @@ class Keyring:
             raise KeyringError(f"version {key_version} of {key_id!r} was destroyed")
         return material
 
-    def _wrap(self, dek: bytes, context: bytes) -> DataKey:
-        version = self._state.active_version
-        material = self._material(self._state.key_id, version)
+    def _wrap(self, state: _State, dek: bytes, context: bytes) -> DataKey:
+        version = state.active_version
+        material = self._material(state, state.key_id, version)
         nonce = self._fresh(self._random, WRAP_NONCE_SIZE)
-        sealed = AESGCM(material).encrypt(nonce, dek, _wrap_aad(self.key_id, version, context))
+        sealed = AESGCM(material).encrypt(nonce, dek, _wrap_aad(state.key_id, version, context))
         return DataKey(
             plaintext=dek,
             wrapped=bytes([WRAP_FORMAT]) + nonce + sealed,
-            key_id=self.key_id,
+            key_id=state.key_id,
             key_version=version,
         )
 
-    def generate_data_key(self, context: bytes) -> DataKey:
-        """A fresh 32-byte DEK wrapped by the active version, bound to ``context``."""
-        return self._wrap(self._fresh(self._random, DEK_SIZE), context)
-
-    def unwrap(self, wrapped: bytes, key_id: str, key_version: int, context: bytes) -> bytes:
-        """The DEK inside ``wrapped``.
-
-        Raises KeyringError if the key id or version is unknown, retired or destroyed;
-        IntegrityError if ``wrapped`` is malformed, tampered, or was wrapped under another
-        version or ``context``.
-        """
-        material = self._material(key_id, key_version)
+    def _unwrap(
+        self, state: _State, wrapped: bytes, key_id: str, key_version: int, context: bytes
+    ) -> bytes:
+        material = self._material(state, key_id, key_version)
         if len(wrapped) != WRAPPED_SIZE or wrapped[0] != WRAP_FORMAT:
             raise IntegrityError("wrapped data key is malformed")
         nonce = wrapped[1 : 1 + WRAP_NONCE_SIZE]
@@ -369,35 +446,59 @@ class Keyring:
         except InvalidTag:
             raise IntegrityError("wrapped data key failed authentication") from None
 
+    def generate_data_key(self, context: bytes) -> DataKey:
+        """A fresh 32-byte DEK wrapped by the active version, bound to ``context``."""
+        return self._wrap(self._current(), self._fresh(self._random, DEK_SIZE), context)
+
+    def unwrap(self, wrapped: bytes, key_id: str, key_version: int, context: bytes) -> bytes:
+        """The DEK inside ``wrapped``.
+
+        Raises KeyringError if the key id or version is unknown, retired or destroyed;
+        IntegrityError if ``wrapped`` is malformed, tampered, or was wrapped under another
+        version or ``context``.
+        """
+        return self._unwrap(self._current(), wrapped, key_id, key_version, context)
+
     def rewrap(self, wrapped: bytes, key_id: str, key_version: int, context: bytes) -> DataKey:
         """Unwrap (same errors as :meth:`unwrap`) and wrap again under the active version."""
-        return self._wrap(self.unwrap(wrapped, key_id, key_version, context), context)
+        state = self._current()  # one state for both halves
+        return self._wrap(
+            state, self._unwrap(state, wrapped, key_id, key_version, context), context
+        )
 
-    def _commit(self, state: _State) -> None:
-        """Persist ``state`` (generation + 1) and adopt it; memory changes only on success.
+    def _commit(self, base: _State, state: _State) -> None:
+        """Persist ``state``, computed from ``base``, as generation ``base`` + 1 and adopt it;
+        memory changes only on success.
 
-        Raises KeyringError if another process changed the file since this one read it.
+        Raises KeyringError if the file no longer holds ``base`` (another process changed it
+        after this one read it), so that no change silently undoes another.
         """
         with _locked(self._path):
-            on_disk = _parse_state(self._path, _read_file(self._path))
-            if on_disk.generation != self._state.generation:
+            raw, _ = _read_file(self._path)
+            on_disk = _parse_state(self._path, raw)
+            # Compared with the base the change was computed from, not with whatever this
+            # object holds now: another thread may have re-read the file in between.
+            if on_disk.generation != base.generation:
                 raise KeyringError(
-                    f"keyring {self._path} was changed by another process; load it again"
+                    f"keyring {self._path} was changed by another process during this "
+                    "change; try again"
                 )
-            new_state = replace(state, generation=self._state.generation + 1)
+            new_state = replace(state, generation=base.generation + 1)
             _write_atomically(self._path, new_state, exclusive=False)
-        self._state = new_state
+        # No stamp: the next operation re-reads the file once (cheap, and never pairs this
+        # state with a file some other writer put there after the lock was released).
+        self._loaded = (new_state, None)
 
     def rotate(self, *, now: datetime) -> KeyVersionInfo:
         """Add a new version, make it active and persist. Older versions still decrypt."""
-        version = len(self._state.versions) + 1
+        base = self._current()
+        version = len(base.versions) + 1
         if version > MAX_KEY_VERSION:
             raise KeyringError(f"keyring {self._path} has run out of key versions")
         entry = _KeyVersion(version, _aware(now), self._fresh(self._random, KEK_SIZE))
-        self._commit(
-            replace(self._state, active_version=version, versions=(*self._state.versions, entry))
-        )
-        return self._info(entry)
+        new_state = replace(base, active_version=version, versions=(*base.versions, entry))
+        self._commit(base, new_state)
+        return self._info(new_state, entry)
 
     def retire_below(self, min_version: int) -> None:
         """Make versions below ``min_version`` unusable for decryption, and persist.
@@ -405,47 +506,54 @@ class Keyring:
         Raises KeyringError if that would retire the active version, or would lower the
         minimum (retirement is one-way).
         """
-        state = self._state
-        if min_version > state.active_version:
+        base = self._current()
+        if min_version > base.active_version:
             raise KeyringError(
-                f"cannot retire the active version {state.active_version}; rotate first"
+                f"cannot retire the active version {base.active_version}; rotate first"
             )
-        if min_version < state.min_decryption_version:
+        if min_version < base.min_decryption_version:
             raise KeyringError(
-                f"versions below {state.min_decryption_version} are already retired; "
+                f"versions below {base.min_decryption_version} are already retired; "
                 "retirement cannot be undone"
             )
-        if min_version != state.min_decryption_version:
-            self._commit(replace(state, min_decryption_version=min_version))
+        if min_version != base.min_decryption_version:
+            self._commit(base, replace(base, min_decryption_version=min_version))
 
-    def destroy_retired(self) -> list[int]:
-        """Erase the material of every retired version from the file; the versions erased.
+    def destroy_retired(self, versions: Collection[int] | None = None) -> list[int]:
+        """Erase the material of every retired version from the file (only of those in
+        ``versions``, when given); return the versions erased.
 
         Irreversible: every DEK still wrapped only under those versions is unrecoverable.
+        ``versions`` lets a caller that checked which versions are retired erase exactly
+        those, even if another process retires more in the meantime; a listed version that
+        is not retired is left alone.
         """
-        state = self._state
+        base = self._current()
         doomed = [
             v.version
-            for v in state.versions
-            if v.version < state.min_decryption_version and v.material is not None
+            for v in base.versions
+            if v.version < base.min_decryption_version
+            and v.material is not None
+            and (versions is None or v.version in versions)
         ]
         if doomed:
-            versions = tuple(
-                replace(v, material=None) if v.version in doomed else v for v in state.versions
+            erased = tuple(
+                replace(v, material=None) if v.version in doomed else v for v in base.versions
             )
-            self._commit(replace(state, versions=versions))
+            self._commit(base, replace(base, versions=erased))
         return doomed
 
-    def _info(self, entry: _KeyVersion) -> KeyVersionInfo:
+    def _info(self, state: _State, entry: _KeyVersion) -> KeyVersionInfo:
         return KeyVersionInfo(
-            key_id=self._state.key_id,
+            key_id=state.key_id,
             version=entry.version,
             created_at=entry.created_at,
-            active=entry.version == self._state.active_version,
-            retired=entry.version < self._state.min_decryption_version,
+            active=entry.version == state.active_version,
+            retired=entry.version < state.min_decryption_version,
             destroyed=entry.material is None,
         )
 
     def status(self) -> list[KeyVersionInfo]:
         """Every version, oldest first."""
-        return [self._info(v) for v in self._state.versions]
+        state = self._current()
+        return [self._info(state, v) for v in state.versions]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -127,3 +129,67 @@ def test_only_admins_and_the_operator_manage_keys(runtime: Runtime, cast: Cast) 
         with pytest.raises(Forbidden):
             runtime.keys.status(actor)
     assert runtime.keys.status(cast.admin)[0].active
+
+
+@pytest.fixture
+def server(runtime: Runtime) -> Iterator[Runtime]:
+    """A second runtime on the same files and database: a server worker that loaded the
+    keyring before the operator's `satchel keys` commands (``runtime``) ran."""
+    worker = Runtime(runtime.settings)
+    assert worker.keyring.active_version == 1
+    yield worker
+    worker.close()
+
+
+def key_versions(runtime: Runtime) -> dict[uuid.UUID, int]:
+    with Session(runtime.engine) as session:
+        rows = session.execute(select(DocumentVersion.document_id, DocumentVersion.key_version))
+        return {document_id: version for document_id, version in rows}
+
+
+def test_a_running_server_follows_key_changes_made_by_the_command_line(
+    runtime: Runtime, server: Runtime, cast: Cast
+) -> None:
+    before, data = upload_pdf(runtime, cast, cast.child, title="Before")
+    with Session(runtime.engine) as session:
+        row = session.scalars(select(DocumentVersion)).one()
+        backup = (row.wrapped_dek, row.key_id, row.key_version)
+
+    runtime.keys.rotate(OPERATOR)
+    # The server opens a document rewrapped under version 2 (it used to fail with "has no
+    # version 2" until restarted) and wraps new uploads under version 2.
+    opened = server.documents.open(cast.registrar, before.id, purpose="Records check")
+    assert b"".join(opened.chunks) == data
+    after, _ = upload_pdf(server, cast, cast.child, title="After")
+    assert key_versions(runtime) == {before.id: 2, after.id: 2}
+
+    runtime.keys.retire_below(OPERATOR, 2)
+    wrapped, key_id, version = backup
+    assert wrapped is not None
+    with pytest.raises(KeyringError, match="retired"):
+        server.keyring.unwrap(wrapped, key_id, version, b"")
+    assert [v.retired for v in server.keys.status(OPERATOR)] == [True, False]
+
+    assert runtime.keys.destroy_retired(OPERATOR, "Backups of 2024 expired") == [1]
+    assert [v.destroyed for v in server.keys.status(OPERATOR)] == [True, False]
+    opened = server.documents.open(cast.registrar, after.id, purpose="Records check")
+    assert b"".join(opened.chunks).startswith(b"%PDF")
+
+
+def test_rewrapping_follows_a_rotation_made_meanwhile(
+    runtime: Runtime, server: Runtime, cast: Cast
+) -> None:
+    for i in range(3):
+        upload_pdf(runtime, cast, cast.child, title=f"Doc {i}")
+    calls: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        if len(calls) == 1:  # another operator rotates again after the first batch
+            server.keyring.rotate(now=server.clock())
+        assert len(calls) < 20, "rewrapping does not converge"
+
+    result = runtime.keys.rotate(OPERATOR, batch_size=1, progress=progress)
+    assert (result.active_version, result.remaining) == (3, 0)
+    assert set(key_versions(runtime).values()) == {3}
+    assert runtime.keys.status(OPERATOR)[2].data_keys == 3

@@ -1,4 +1,5 @@
-"""The keyring: wrapping, rotation, retirement, crypto-shredding and the file's safety."""
+"""The keyring: wrapping, rotation, retirement, crypto-shredding, the file's safety, and
+changes made by another process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import io
 import json
 import os
 import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from storage import keyring as keyring_module
 from storage.envelope import EncryptingReader, ObjectIdentity, decrypt, sealed_size
 from storage.errors import IntegrityError, KeyringError
 from storage.keyring import DataKey, Keyring
@@ -333,10 +338,251 @@ def test_a_failed_write_leaves_file_and_memory_unchanged(
     assert Keyring.load(path).active_version == 2
 
 
-def test_a_stale_keyring_cannot_overwrite_a_newer_file(ring: Keyring, path: Path) -> None:
+def test_a_stale_keyring_catches_up_before_it_changes_the_file(ring: Keyring, path: Path) -> None:
     other_process = Keyring.load(path)
     ring.rotate(now=NOW)
+    second = kek_material(path, 2)
+    assert other_process.rotate(now=NOW).version == 3
+    # The other process's version 2 survives: nothing was overwritten from a stale copy.
+    assert kek_material(path, 2) == second
+    assert file_state(path)["generation"] == 3
+    assert Keyring.load(path).active_version == 3
+
+
+def test_a_change_racing_another_process_is_refused(ring: Keyring, path: Path) -> None:
+    racing = False
+
+    def random_racing_a_rotation(size: int) -> bytes:
+        # Runs after the other keyring has read the file and before it writes its change.
+        if racing:
+            ring.rotate(now=NOW)
+            # Another thread of the same process catches up meanwhile: the change must still
+            # be checked against the file it was computed from, not against the newer copy.
+            assert other_process.active_version == 2
+        return os.urandom(size)
+
+    other_process = Keyring.load(path, random=random_racing_a_rotation)
+    racing = True
     with pytest.raises(KeyringError, match="changed by another process"):
         other_process.rotate(now=NOW)
-    assert Keyring.load(path).active_version == 2
-    assert Keyring.load(path).rotate(now=NOW).version == 3
+    racing = False
+    second = kek_material(path, 2)
+    assert second is not None
+    assert file_state(path)["generation"] == 2
+    assert other_process.rotate(now=NOW).version == 3
+    assert kek_material(path, 2) == second
+
+
+# --- changes made by another process --------------------------------------------------------------
+# Two Keyring objects on one file stand for a server worker and the `satchel keys` command.
+
+
+@pytest.fixture
+def worker(ring: Keyring, path: Path) -> Keyring:
+    return Keyring.load(path)
+
+
+def replace_file(path: Path, content: bytes) -> None:
+    """Write ``content`` the way another process would: a new private file moved into place."""
+    temp = path.with_name("incoming.tmp")
+    temp.write_bytes(content)
+    temp.chmod(0o600)
+    os.replace(temp, path)
+
+
+def test_a_worker_wraps_and_unwraps_under_a_version_rotated_elsewhere(
+    ring: Keyring, worker: Keyring
+) -> None:
+    old = worker.generate_data_key(CONTEXT)
+    ring.rotate(now=NOW + timedelta(days=1))
+    moved = ring.rewrap(old.wrapped, "kek", 1, CONTEXT)
+    assert moved.key_version == 2
+
+    # Before, the worker knew only version 1: "has no version 2" until a restart.
+    assert worker.unwrap(moved.wrapped, "kek", 2, CONTEXT) == old.plaintext
+    fresh = worker.generate_data_key(CONTEXT)
+    assert fresh.key_version == 2
+    assert ring.unwrap(fresh.wrapped, "kek", 2, CONTEXT) == fresh.plaintext
+    assert worker.rewrap(old.wrapped, "kek", 1, CONTEXT).key_version == 2
+    assert worker.active_version == 2
+    assert [(v.version, v.active) for v in worker.status()] == [(1, False), (2, True)]
+
+
+def test_a_worker_refuses_a_version_retired_elsewhere(ring: Keyring, worker: Keyring) -> None:
+    old = worker.generate_data_key(CONTEXT)
+    assert worker.unwrap(old.wrapped, "kek", 1, CONTEXT) == old.plaintext
+    ring.rotate(now=NOW)
+    ring.retire_below(2)
+
+    with pytest.raises(KeyringError, match="retired"):
+        worker.unwrap(old.wrapped, "kek", 1, CONTEXT)
+    with pytest.raises(KeyringError, match="retired"):
+        worker.rewrap(old.wrapped, "kek", 1, CONTEXT)
+    assert [(v.version, v.retired) for v in worker.status()] == [(1, True), (2, False)]
+    # Its own changes start from the file too: retiring again below 1 would be an undo.
+    with pytest.raises(KeyringError, match="cannot be undone"):
+        worker.retire_below(1)
+
+
+def test_a_worker_drops_material_destroyed_elsewhere(ring: Keyring, worker: Keyring) -> None:
+    old = worker.generate_data_key(CONTEXT)
+    ring.rotate(now=NOW)
+    ring.retire_below(2)
+    assert ring.destroy_retired() == [1]
+
+    [first, second] = worker.status()
+    assert (first.destroyed, second.destroyed) == (True, False)
+    with pytest.raises(KeyringError):
+        worker.unwrap(old.wrapped, "kek", 1, CONTEXT)
+    assert worker.destroy_retired() == []
+    # The property itself, which no public call can show: the worker's copy of the keyring
+    # no longer holds version 1's key.
+    state, _ = worker._loaded
+    assert [v.material is None for v in state.versions] == [True, False]
+
+
+def test_destroy_retired_erases_only_the_versions_asked_for(ring: Keyring, path: Path) -> None:
+    ring.rotate(now=NOW)
+    ring.rotate(now=NOW)
+    ring.retire_below(3)
+    assert ring.destroy_retired([1, 3]) == [1]  # 3 is active, not retired: left alone
+    assert (kek_material(path, 1), kek_material(path, 2) is not None) == (None, True)
+    assert ring.destroy_retired() == [2]
+
+
+def _not_json(path: Path) -> None:
+    replace_file(path, b"{ truncated")
+
+
+def _usable_version_without_key(path: Path) -> None:
+    state = json.loads(path.read_text())
+    state["versions"][0]["key"] = None
+    replace_file(path, json.dumps(state).encode())
+
+
+def _readable_by_others(path: Path) -> None:
+    path.chmod(0o644)
+
+
+def _removed(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_not_json, "is malformed"),
+        (_usable_version_without_key, "no key material"),
+        (_readable_by_others, "0644"),
+        (_removed, "has disappeared since it was loaded"),
+    ],
+)
+def test_a_worker_refuses_a_file_damaged_elsewhere_until_it_is_good_again(
+    ring: Keyring,
+    worker: Keyring,
+    path: Path,
+    damage: Callable[[Path], None],
+    message: str,
+) -> None:
+    data_key = worker.generate_data_key(CONTEXT)
+    good = path.read_bytes()
+    damage(path)
+
+    operations: list[Callable[[], object]] = [
+        lambda: worker.unwrap(data_key.wrapped, "kek", 1, CONTEXT),
+        lambda: worker.generate_data_key(CONTEXT),
+        lambda: worker.rewrap(data_key.wrapped, "kek", 1, CONTEXT),
+        worker.status,
+        lambda: worker.active_version,
+        lambda: worker.rotate(now=NOW),
+    ]
+    for operation in operations:
+        # Every operation refuses: none falls back silently on the copy read before.
+        with pytest.raises(KeyringError, match=message) as caught:
+            operation()
+        assert str(path) in str(caught.value)
+    # The last valid state is kept, unused: repr (which never touches the file) shows it.
+    assert "active_version=1" in repr(worker)
+
+    replace_file(path, good)
+    assert worker.unwrap(data_key.wrapped, "kek", 1, CONTEXT) == data_key.plaintext
+    assert worker.active_version == 1
+
+
+def test_an_unchanged_file_is_not_read_again(
+    ring: Keyring, worker: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Path] = []
+    stats: list[object] = []
+    real_read, real_stat = keyring_module._read_file, os.stat
+
+    def counting_read(path: Path) -> tuple[bytes, object]:
+        reads.append(path)
+        return real_read(path)
+
+    def counting_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keyring_module, "_read_file", counting_read)
+    data_key = worker.generate_data_key(CONTEXT)
+    for _ in range(20):
+        worker.unwrap(data_key.wrapped, "kek", 1, CONTEXT)
+        worker.generate_data_key(CONTEXT)
+        worker.status()
+    assert reads == []
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    worker.unwrap(data_key.wrapped, "kek", 1, CONTEXT)
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert len(stats) == 1  # the whole cost of checking, when nothing changed
+
+    ring.rotate(now=NOW)
+    reads.clear()
+    for _ in range(20):
+        assert worker.generate_data_key(CONTEXT).key_version == 2
+    assert len(reads) == 1  # read once after the change, then trusted again
+
+
+def test_threads_sharing_a_keyring_follow_rotations_without_going_back(
+    ring: Keyring, worker: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads_by_workers: list[str] = []
+    real_read = keyring_module._read_file
+
+    def counting_read(path: Path) -> tuple[bytes, object]:
+        if threading.current_thread() is not threading.main_thread():
+            reads_by_workers.append(threading.current_thread().name)
+        return real_read(path)
+
+    monkeypatch.setattr(keyring_module, "_read_file", counting_read)
+    rotations = 5
+    done = threading.Event()
+
+    def wrap_until_done() -> list[DataKey]:
+        made: list[DataKey] = []
+        while not done.is_set() or len(made) < 10:
+            made.append(worker.generate_data_key(CONTEXT))
+            last = made[-1]
+            assert worker.unwrap(last.wrapped, "kek", last.key_version, CONTEXT) == last.plaintext
+        return made
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(wrap_until_done) for _ in range(8)]
+        for _ in range(rotations):
+            ring.rotate(now=NOW)
+        done.set()
+        results = [future.result() for future in futures]
+
+    final = Keyring.load(ring.path)
+    for made in results:
+        versions = [data_key.key_version for data_key in made]
+        assert versions == sorted(versions)  # a thread never goes back to an older version
+        for data_key in made:
+            assert (
+                final.unwrap(data_key.wrapped, "kek", data_key.key_version, CONTEXT)
+                == data_key.plaintext
+            )
+    assert worker.generate_data_key(CONTEXT).key_version == rotations + 1
+    # The reload is locked and re-checked: never more reads than there were new files.
+    assert len(reads_by_workers) <= rotations
