@@ -386,14 +386,23 @@ _ACTIVE_LABELS: Final[Mapping[RejectReason, str]] = MappingProxyType(
 )
 
 # Names that mark active content, whether they appear as a dictionary key (/JavaScript in
-# the name tree, /JS in an action, /EmbeddedFiles, /EF in a file specification, /XFA in the
-# AcroForm) or as a value (/S /JavaScript, /S /Launch, /Subtype /FileAttachment,
-# /Type /EmbeddedFile).
+# the name tree, /JS in an action, /OnInstantiate in a 3D stream, /Win in a Launch action,
+# /EmbeddedFiles, /EF in a file specification, /XFA in the AcroForm) or as a value
+# (/S /JavaScript, /S /Launch, /Subtype /FileAttachment, /Type /EmbeddedFile), directly or
+# through an indirect reference.
+# /Mac and /Unix are not flagged although a Launch action may carry them: they are also keys
+# of every file specification dictionary (ISO 32000-1 §7.11.3), so flagging them would refuse
+# ordinary links to other files; a Launch action must carry /S /Launch anyway.
 _ACTIVE_NAMES: Final[Mapping[str, RejectReason]] = MappingProxyType(
     {
         "/JavaScript": RejectReason.PDF_JAVASCRIPT,
         "/JS": RejectReason.PDF_JAVASCRIPT,
+        # A script run when a 3D annotation's artwork is instantiated (ISO 32000-1 §13.6.3).
+        "/OnInstantiate": RejectReason.PDF_JAVASCRIPT,
         "/Launch": RejectReason.PDF_LAUNCH,
+        # Windows launch parameters (the program and its arguments), defined only for
+        # Launch actions (ISO 32000-1 §12.6.4.5).
+        "/Win": RejectReason.PDF_LAUNCH,
         "/EmbeddedFiles": RejectReason.PDF_EMBEDDED_FILE,
         "/EmbeddedFile": RejectReason.PDF_EMBEDDED_FILE,
         "/EF": RejectReason.PDF_EMBEDDED_FILE,
@@ -420,12 +429,14 @@ def _find_active_content(reader: PdfReader, max_objects: int) -> tuple[RejectRea
     # SECURITY: names are compared after pypdf decodes them, so "/Java#53cript" is caught.
     findings: dict[RejectReason, str] = {}
     seen: set[tuple[int, int]] = set()
-    queue: deque[tuple[PdfObject, str]] = deque([(reader.trailer, "")])
+    # Each entry: the object, its path, and the path of the dictionary or array holding it,
+    # where a name value is reported (``/S /Launch`` in /OpenAction is found at /OpenAction).
+    queue: deque[tuple[PdfObject, str, str]] = deque([(reader.trailer, "", "")])
     catalog = reader.root_object
     if "/Pages" in catalog:
         # Visit the page tree first, so something reachable from both a page and elsewhere
         # (named destinations, outlines) is reported where a reader would look: on its page.
-        queue.appendleft((catalog.raw_get("/Pages"), "/Root/Pages"))
+        queue.appendleft((catalog.raw_get("/Pages"), "/Root/Pages", "/Root"))
     queued = len(queue)
 
     def note(reason: RejectReason | None, path: str) -> None:
@@ -433,7 +444,7 @@ def _find_active_content(reader: PdfReader, max_objects: int) -> tuple[RejectRea
             findings.setdefault(reason, _display_path(path))
 
     while queue:
-        obj, path = queue.popleft()
+        obj, path, holder = queue.popleft()
         if isinstance(obj, IndirectObject):
             ref = (obj.idnum, obj.generation)
             if ref in seen:
@@ -443,7 +454,12 @@ def _find_active_content(reader: PdfReader, max_objects: int) -> tuple[RejectRea
             if resolved is None:
                 continue
             obj = resolved
-        children: list[tuple[PdfObject, str]] = []
+        # SECURITY: a name value may be an indirect reference (``/S 9 0 R`` with
+        # ``9 0 obj /Launch endobj``); once resolved it is checked as a direct one is.
+        if isinstance(obj, NameObject):
+            note(_ACTIVE_NAMES.get(obj), holder)
+            continue
+        children: list[tuple[PdfObject, str, str]] = []
         if isinstance(obj, DictionaryObject):
             for key, value in obj.items():
                 note(_ACTIVE_NAMES.get(key), f"{path}{key}")
@@ -452,13 +468,13 @@ def _find_active_content(reader: PdfReader, max_objects: int) -> tuple[RejectRea
                 elif key == "/URI" and _is_javascript_uri(value):
                     note(RejectReason.PDF_JAVASCRIPT, path)
                 else:
-                    children.append((value, f"{path}{key}"))
+                    children.append((value, f"{path}{key}", path))
         elif isinstance(obj, ArrayObject):
             for index, item in enumerate(obj):
                 if isinstance(item, NameObject):
                     note(_ACTIVE_NAMES.get(item), path)
                 else:
-                    children.append((item, f"{path}[{index}]"))
+                    children.append((item, f"{path}[{index}]", path))
         for child in children:
             if isinstance(child[0], DictionaryObject | ArrayObject | IndirectObject):
                 queued += 1

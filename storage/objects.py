@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 import boto3.session
 import botocore.session
 import botocore.utils
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -622,10 +623,23 @@ class S3ObjectStore(ObjectStore):
         return self._prefix + validate_key(key)
 
     def _error(
-        self, error: BotoCoreError | ClientError, action: str, key: str | None
+        self,
+        error: BotoCoreError | ClientError | urllib3.exceptions.HTTPError,
+        action: str,
+        key: str | None,
     ) -> StorageError:
-        """Translate a botocore failure into the :class:`StorageError` family."""
+        """Translate a botocore failure, or a urllib3 one from reading a response body,
+        into the :class:`StorageError` family."""
         what = f"{action} {key!r}" if key is not None else action
+        if isinstance(error, urllib3.exceptions.HTTPError):
+            # Only met while a response body is read (see _S3Body.read): the connection
+            # broke mid-transfer, which retrying later may mend.
+            tls = isinstance(error, urllib3.exceptions.SSLError)
+            link = "TLS connection" if tls else "connection"
+            return StorageUnavailable(
+                self._endpoint,
+                f"cannot {what}: the {link} failed while the object was being received: {error}",
+            )
         if isinstance(error, ClientError):
             code, status = _code(error), _status(error)
             message = error.response.get("Error", {}).get("Message", "")
@@ -717,7 +731,13 @@ class _S3Body(io.BufferedIOBase):
             raise ValueError("read from a closed object stream")
         try:
             return self._body.read(None if size is None or size < 0 else size)
-        except BotoCoreError as e:
+        # botocore wraps only two kinds of urllib3 error raised while a body is read: read
+        # timeouts and ProtocolError (which is also how urllib3 reports any OSError from the
+        # socket, a reset connection included). The rest of urllib3's family passes through
+        # unwrapped, above all its SSLError: a TLS record that fails its integrity check
+        # mid-download. Every API call, in contrast, reads its whole response inside
+        # botocore, which wraps any exception there in a BotoCoreError.
+        except (BotoCoreError, urllib3.exceptions.HTTPError) as e:
             raise self._store._error(e, "read", self._key) from e
 
     def read1(self, size: int = -1, /) -> bytes:

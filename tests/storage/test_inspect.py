@@ -38,6 +38,28 @@ def flip_byte(data: bytes, index: int) -> bytes:
     return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
+def raw_stream(data: bytes, extra: bytes = b"") -> bytes:
+    return b"<< /Length %d %s >>\nstream\n%s\nendstream" % (len(data), extra, data)
+
+
+def one_page_pdf(catalog: bytes = b"", page: bytes = b"", *objects: bytes) -> bytes:
+    """A one-page PDF written byte by byte (objects 1-4: catalog, page tree, page, contents),
+    with ``catalog`` and ``page`` added to those dictionaries' entries and ``objects`` as
+    objects 5, 6, ... for them to refer to."""
+    return samples.raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R %s >>" % catalog,
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R %s >>" % page,
+            raw_stream(b"BT /F1 12 Tf 72 720 Td (raw) Tj ET"),
+            *objects,
+        ]
+    )
+
+
+_RECT = b"/Rect [72 600 300 640]"
+
+
 # --- accepted files ----------------------------------------------------------------------
 
 ACCEPTED: list[tuple[str, Callable[[], bytes], str, str, int]] = [
@@ -48,6 +70,32 @@ ACCEPTED: list[tuple[str, Callable[[], bytes], str, str, int]] = [
         "pdf with a GoTo action loop",
         lambda: samples.pdf_with_action_cycle(javascript=False),
         "loop.pdf",
+        "application/pdf",
+        1,
+    ),
+    (
+        "pdf with ordinary names behind references",
+        lambda: one_page_pdf(
+            b"/PageMode 5 0 R /OpenAction << /S 6 0 R /D [3 0 R /Fit] >> /Extras [7 0 R]",
+            b"",
+            b"/UseOutlines",
+            b"/GoTo",
+            b"/Plain",
+        ),
+        "refs.pdf",
+        "application/pdf",
+        1,
+    ),
+    (
+        # /Mac and /Unix are keys of Launch actions but also of every file specification.
+        "pdf linking another file with platform file names",
+        lambda: one_page_pdf(
+            b"",
+            b"/Annots [<< /Type /Annot /Subtype /Link %s /A << /S /GoToR /D [0 /Fit] "
+            b"/F << /Type /Filespec /F (report.pdf) /UF (report.pdf) /Mac (report.pdf) "
+            b"/Unix (report.pdf) >> >> >>]" % _RECT,
+        ),
+        "goto.pdf",
         "application/pdf",
         1,
     ),
@@ -243,6 +291,66 @@ REFUSED: list[tuple[str, Callable[[], bytes], str, RejectReason, tuple[str, ...]
         ("Launch action", "found at /Pages/Kids[0]/Annots[0]/A"),
     ),
     (
+        "launch action named through a reference",
+        lambda: one_page_pdf(b"/OpenAction << /S 5 0 R /F (calc.exe) >>", b"", b"/La#75nch"),
+        "a.pdf",
+        RejectReason.PDF_LAUNCH,
+        ("Launch action", "(found at /OpenAction)"),
+    ),
+    (
+        "launch action with only windows parameters",
+        lambda: one_page_pdf(b"/OpenAction << /Win << /F (cmd.exe) /P (/c calc) >> >>"),
+        "a.pdf",
+        RejectReason.PDF_LAUNCH,
+        ("Launch action", "(found at /OpenAction/Win)"),
+    ),
+    (
+        "javascript name behind a reference in an array",
+        lambda: one_page_pdf(b"/Extras [/Plain 5 0 R]", b"", b"/JavaScript"),
+        "a.pdf",
+        RejectReason.PDF_JAVASCRIPT,
+        ("(found at /Extras)",),
+    ),
+    (
+        "javascript action type behind a reference in a page's /AA",
+        lambda: one_page_pdf(b"", b"/AA << /O << /Type /Action /S 5 0 R >> >>", b"/JavaScript"),
+        "a.pdf",
+        RejectReason.PDF_JAVASCRIPT,
+        ("(found at /Pages/Kids[0]/AA/O)",),
+    ),
+    (
+        "file attachment subtype behind a reference",
+        lambda: one_page_pdf(
+            b"",
+            b"/Annots [<< /Type /Annot /Subtype 5 0 R %s /FS (grades.csv) >>]" % _RECT,
+            b"/FileAttachment",
+        ),
+        "a.pdf",
+        RejectReason.PDF_EMBEDDED_FILE,
+        ("(found at /Pages/Kids[0]/Annots[0])",),
+    ),
+    (
+        "embedded file type behind a reference",
+        lambda: one_page_pdf(
+            b"/Extra 5 0 R", b"", raw_stream(b"student,grade", b"/Type 6 0 R"), b"/EmbeddedFile"
+        ),
+        "a.pdf",
+        RejectReason.PDF_EMBEDDED_FILE,
+        ("(found at /Extra)",),
+    ),
+    (
+        "javascript run when 3D artwork is instantiated",
+        lambda: one_page_pdf(
+            b"",
+            b"/Annots [<< /Type /Annot /Subtype /3D %s /3DD 5 0 R >>]" % _RECT,
+            raw_stream(b"U3D", b"/Type /3D /Subtype /U3D /OnInstantiate 6 0 R"),
+            raw_stream(b"host.scene.renderMode = 'Wireframe';"),
+        ),
+        "a.pdf",
+        RejectReason.PDF_JAVASCRIPT,
+        ("JavaScript", "(found at /Pages/Kids[0]/Annots[0]/3DD/OnInstantiate)"),
+    ),
+    (
         "embedded file",
         samples.pdf_with_embedded_file,
         "a.pdf",
@@ -424,6 +532,25 @@ def test_refuses(
     for fragment in fragments:
         assert fragment in error.message
     assert error.public_message == error.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [
+        (b"/OpenAction << /S %s /F (calc.exe) >>", b"/Launch"),
+        (b"/OpenAction << /Type /Action /S %s >>", b"/JavaScript"),
+        (b"/Extras [/Plain %s]", b"/EmbeddedFile"),
+    ],
+)
+def test_a_name_behind_a_reference_is_refused_as_the_name_itself_is(
+    entry: bytes, name: bytes
+) -> None:
+    """The same reason and the same location, whether the name is written in place or
+    as an indirect object (``/S 5 0 R`` with ``5 0 obj /Launch endobj``)."""
+    direct = refusal(one_page_pdf(entry % name), "a.pdf")
+    indirect = refusal(one_page_pdf(entry % b"5 0 R", b"", name), "a.pdf")
+
+    assert (indirect.reason, indirect.message) == (direct.reason, direct.message)
 
 
 def test_appended_zip_is_refused_even_though_pypdf_reads_the_pdf() -> None:

@@ -14,6 +14,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import stat
 import threading
 import time
@@ -26,11 +27,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import botocore.utils
 import pytest
+import urllib3
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 from minio import Minio
 from minio.error import S3Error
 
 from storage.errors import ObjectNotFound, StorageError, StorageUnavailable
-from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore, parse_s3_timestamp
+from storage.objects import (
+    LocalObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    make_s3_client,
+    parse_s3_timestamp,
+)
 from tests.support.s3 import S3Service
 from tests.support.seaweedfs import free_port
 
@@ -368,6 +378,87 @@ def test_an_s3_timestamp_botocore_refuses_is_refused() -> None:
         botocore.utils.parse_timestamp("not a time")
     with pytest.raises(ValueError):
         parse_s3_timestamp("not a time")
+
+
+class BrokenSocketFile(io.RawIOBase):
+    """What urllib3 reads a response body from: ``first``, then ``error`` on every read,
+    as from a socket whose connection broke mid-transfer."""
+
+    def __init__(self, first: bytes, error: Exception) -> None:
+        super().__init__()
+        self._first = first
+        self._error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._first:
+            raise self._error
+        count = min(len(buffer), len(self._first))
+        buffer[:count] = self._first[:count]
+        self._first = self._first[count:]
+        return count
+
+
+UNREACHABLE = "https://s3.school.example"
+
+
+@pytest.mark.parametrize(
+    ("error", "fragments"),
+    [
+        (
+            ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed"),
+            ("the TLS connection failed while the object was being received", "BAD_RECORD_MAC"),
+        ),
+        (ConnectionResetError(104, "Connection reset by peer"), ("Connection reset by peer",)),
+        (TimeoutError("The read operation timed out"), ("Read timeout",)),
+    ],
+    ids=["tls", "reset", "timeout"],
+)
+def test_a_connection_failing_mid_read_is_an_unavailable_store(
+    error: Exception, fragments: tuple[str, ...]
+) -> None:
+    """The body of a GET is read after botocore has returned, through urllib3's own
+    response, whose failures botocore wraps only in part. The failure is injected where the
+    network would raise it: under urllib3 and botocore's StreamingBody, both real."""
+    size = 1000
+    response = urllib3.HTTPResponse(
+        body=BrokenSocketFile(b"head", error),
+        headers={"Content-Length": str(size)},
+        preload_content=False,
+        decode_content=False,
+        enforce_content_length=False,  # as botocore asks; it counts the bytes itself
+    )
+    client = make_s3_client(UNREACHABLE, "us-east-1", "test-key", "test-secret")
+    store = S3ObjectStore(client, "satchel", "p")
+    with Stubber(client) as stubber:
+        stubber.add_response(
+            "get_object",
+            {"Body": StreamingBody(response, size), "ContentLength": size},
+            {"Bucket": "satchel", "Key": "p/docs/k"},
+        )
+        with store.open("docs/k") as stream:
+            assert stream.read(4) == b"head"
+            with pytest.raises(StorageUnavailable) as caught:
+                stream.read()
+
+    assert caught.value.endpoint == UNREACHABLE
+    assert "cannot read 'docs/k'" in str(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+    assert caught.value.public_message == StorageUnavailable.public_message
+
+
+def test_a_tls_failure_mid_read_reaches_the_store_unwrapped_by_botocore() -> None:
+    """Why the store catches urllib3's errors itself: botocore passes this one through."""
+    response = urllib3.HTTPResponse(
+        body=BrokenSocketFile(b"", ssl.SSLError(1, "[SSL] decryption failed")),
+        preload_content=False,
+        decode_content=False,
+    )
+    with pytest.raises(urllib3.exceptions.SSLError):
+        StreamingBody(response, 10).read()
 
 
 @pytest.fixture(scope="module")
