@@ -3,8 +3,8 @@ audit log, and the purposes staff state when they open a record.
 
 Guardians see what school staff did with their child's folder: views, downloads,
 exports, and the sharing with and revoking from *them*. They never see other guardians'
-activity or whom else the school shared with. Compliance sees every disclosure,
-guardians' included.
+activity, whom else the school shared with, or anything about a document they may not
+see now. Compliance sees every disclosure, guardians' included.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Forbidden, NotFound
 from folders.models import Document, Grant, Guardianship, Role, Student
-from folders.policy import GuardianLink, Permission, Resource, decide
+from folders.policy import Decision, GrantFacts, GuardianLink, Permission, Resource, decide
 
 DEFAULT_PURPOSE = "Educational interest (FERPA school official)"
 STAFF_PURPOSES = (
@@ -65,6 +65,8 @@ _FOR_GUARDIAN = {
     Action.GRANT_CREATE: "Shared records with you",
     Action.GRANT_REVOKE: "Ended your access to shared records",
 }
+UNNAMED_DOCUMENT = "a document"
+"""Shown for the document of an event the reader is shown but may not see the title of."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,13 @@ class Disclosure:
     document_title: str | None
     purpose: str | None
     detail: str | None  # None for guardians: it may name other people
+
+
+@dataclass(frozen=True)
+class _GuardianView:
+    student: StudentRef
+    own_grants: frozenset[str]  # ids of the guardian's grants on the student, any state
+    visible_documents: frozenset[str]  # ids of the documents they may see now
 
 
 @dataclass(frozen=True)
@@ -117,43 +126,60 @@ class Disclosures:
     ) -> DisclosureRecord:
         """What staff did with the guardian's child's folder, newest first.
 
+        Nothing is shown about a document the guardian may not see now (the policy's
+        ``view_document_metadata`` at this request): what staff did with it is left
+        out altogether rather than listed with its title hidden, because even "a
+        registrar viewed a document on this date" tells of a record that is kept and
+        not shared with them, and DESIGN §3 reveals nothing of what an actor may not
+        see. Totals and pages count the entries shown. The exception is the sharing
+        with and revoking from this guardian, which is about their own access and
+        was theirs to know: it stays, naming its document only while the guardian may
+        see it (:data:`UNNAMED_DOCUMENT` otherwise).
+
         Raises NotFound unless the actor is a current, unrestricted guardian of the
-        student (the same answer as for a student who does not exist).
+        student (the same answer as for a student who does not exist), after recording
+        the refusal as ``access.denied``; Forbidden for an actor who is not a guardian;
+        AuditUnavailable.
         """
         if actor.role is not Role.GUARDIAN or actor.user_id is None:
             raise Forbidden()
         with Session(self._engine) as session:
-            row = session.scalar(
-                select(Guardianship).where(
-                    Guardianship.guardian_id == actor.user_id,
-                    Guardianship.student_id == student_id,
+            view = self._guardian_view(session, actor, actor.user_id, student_id)
+        if isinstance(view, Decision):
+            # SECURITY: every refusal is audited, and answers as a missing student does.
+            self._audit.record(
+                event_for(
+                    actor,
+                    Action.ACCESS_DENIED,
+                    Outcome.DENIED,
+                    student_id=student_id,
+                    detail=f"record of disclosures: {view.reason.value}",
                 )
             )
-            link = GuardianLink(row.restricted, row.ended_at) if row is not None else None
-            resource = Resource(student_id=student_id, link=link)
-            if not decide(actor, Permission.VIEW_STUDENT, resource, self._clock()).allowed:
-                raise NotFound()
-            student = session.get(Student, student_id)
-            assert student is not None  # a guardianship points at a real student
-            own_grants = {
-                str(g)
-                for g in session.scalars(
-                    select(Grant.id).where(
-                        Grant.guardian_id == actor.user_id, Grant.student_id == student_id
-                    )
-                )
-            }
+            raise NotFound()
+        own_grants, visible = view.own_grants, view.visible_documents
 
         def shown(event: RecordedEvent) -> bool:
             e = event.event
             if e.actor_role in _NOT_STAFF:
                 return False
-            # Whom else the school shares with is not this guardian's business.
-            return e.action not in _SHARING or e.grant_id in own_grants
+            if e.action in _SHARING:
+                # Whom else the school shares with is not this guardian's business.
+                return e.grant_id in own_grants
+            # SECURITY: nothing of a document the guardian may not see now, not even
+            # that staff opened it.
+            return e.document_id is None or e.document_id in visible
 
         return DisclosureRecord(
-            _ref(student),
-            self._page(student_id, shown, page=page, per_page=per_page, with_detail=False),
+            view.student,
+            self._page(
+                student_id,
+                shown,
+                page=page,
+                per_page=per_page,
+                with_detail=False,
+                named=visible.__contains__,
+            ),
         )
 
     def for_compliance(self, actor: Actor, student_id: uuid.UUID) -> DisclosureRecord:
@@ -171,7 +197,15 @@ class Disclosures:
             )
         )
         return DisclosureRecord(
-            ref, self._page(student_id, lambda _: True, page=1, per_page=0, with_detail=True)
+            ref,
+            self._page(
+                student_id,
+                lambda _: True,
+                page=1,
+                per_page=0,
+                with_detail=True,
+                named=lambda _: True,
+            ),
         )
 
     def _page(
@@ -182,9 +216,18 @@ class Disclosures:
         page: int,
         per_page: int,
         with_detail: bool,
+        named: Callable[[str], bool],
     ) -> Page[Disclosure]:
         """Matching events newest first; ``per_page`` 0 means all on one page, and a
-        page past the last is the last page."""
+        page past the last is the last page. A document is titled only if ``named``
+        accepts its id (:data:`UNNAMED_DOCUMENT` otherwise).
+
+        ``shown`` filters the student's events as they stream from the log, before
+        they are counted and sliced, so totals and pages count only what is shown and
+        no page but the last is short. (The log's filter cannot express who may see
+        which document, so this is not SQL; the student's events are read once either
+        way.)
+        """
         matching = [
             recorded
             for recorded in self._audit.events(EventFilter(student_id=str(student_id)))
@@ -197,7 +240,9 @@ class Disclosures:
         size = per_page or max(1, total)
         page = min(max(1, page), last_page(total, size))
         chosen = matching[(page - 1) * size : page * size]
-        titles = self._titles({r.event.document_id for r in chosen if r.event.document_id})
+        titles = self._titles(
+            {d for r in chosen if (d := r.event.document_id) is not None and named(d)}
+        )
         items = tuple(
             Disclosure(
                 sequence=r.sequence,
@@ -206,13 +251,53 @@ class Disclosures:
                 description=(_DESCRIPTIONS if with_detail else _FOR_GUARDIAN)[r.event.action],
                 actor_email=r.event.actor_email,
                 actor_role=r.event.actor_role,
-                document_title=titles.get(r.event.document_id or ""),
+                document_title=_title(r.event.document_id, titles, named),
                 purpose=r.event.purpose,
                 detail=r.event.detail if with_detail else None,
             )
             for r in chosen
         )
         return Page(items, page, size, total)
+
+    def _guardian_view(
+        self, session: Session, actor: Actor, guardian_id: uuid.UUID, student_id: uuid.UUID
+    ) -> _GuardianView | Decision:
+        """What the guardian's record of disclosures needs, or the policy's refusal."""
+        now = self._clock()
+        row = session.scalar(
+            select(Guardianship).where(
+                Guardianship.guardian_id == guardian_id,
+                Guardianship.student_id == student_id,
+            )
+        )
+        link = GuardianLink(row.restricted, row.ended_at) if row is not None else None
+        decision = decide(
+            actor, Permission.VIEW_STUDENT, Resource(student_id=student_id, link=link), now
+        )
+        if not decision.allowed:
+            return decision
+        student = session.get(Student, student_id)
+        assert student is not None  # a guardianship points at a real student
+        grants = session.scalars(
+            select(Grant).where(Grant.guardian_id == guardian_id, Grant.student_id == student_id)
+        ).all()
+        visible: frozenset[str] = frozenset()
+        if grants:
+            facts = tuple(GrantFacts.of(g) for g in grants)
+            documents = session.execute(
+                select(Document.id, Document.category).where(Document.student_id == student_id)
+            ).tuples()
+            visible = frozenset(
+                str(document_id)
+                for document_id, category in documents
+                if decide(
+                    actor,
+                    Permission.VIEW_DOCUMENT_METADATA,
+                    Resource(student_id, document_id, category, link, facts),
+                    now,
+                ).allowed
+            )
+        return _GuardianView(_ref(student), frozenset(str(g.id) for g in grants), visible)
 
     def _titles(self, ids: set[str]) -> dict[str, str]:
         parsed = []
@@ -232,6 +317,14 @@ class Disclosures:
     def _require_audit_reader(self, actor: Actor) -> None:
         if not decide(actor, Permission.READ_AUDIT, Resource(), self._clock()).allowed:
             raise Forbidden()
+
+
+def _title(
+    document_id: str | None, titles: dict[str, str], named: Callable[[str], bool]
+) -> str | None:
+    if document_id is None:
+        return None
+    return titles.get(document_id) if named(document_id) else UNNAMED_DOCUMENT
 
 
 def _ref(student: Student) -> StudentRef:

@@ -19,14 +19,19 @@ from folders.categories import Category
 from folders.documents import parse_category
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import Document, Grant, GrantScope, Guardianship, Role, Student, User
-from folders.policy import Permission, Resource, decide
+from folders.policy import GrantFacts, GuardianLink, Permission, Reason, Resource, decide
 from folders.students import clean_text
 
 
 class GrantStatus(StrEnum):
+    """What a grant gives its guardian now (see :func:`grant_status`)."""
+
     ACTIVE = "active"
     EXPIRED = "expired"
     REVOKED = "revoked"
+    # In force, but the policy ignores it: the guardian's link is restricted or ended.
+    GUARDIAN_RESTRICTED = "guardian restricted"
+    GUARDIAN_UNLINKED = "guardian unlinked"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,12 @@ class GrantInfo:
     revoked_by_email: str | None
     revoke_reason: str | None
     status: GrantStatus
+
+    @property
+    def in_force(self) -> bool:
+        """Neither revoked nor expired: it gives access whenever the guardian's link
+        allows, and it can still be revoked."""
+        return self.status not in (GrantStatus.REVOKED, GrantStatus.EXPIRED)
 
     @property
     def scope_label(self) -> str:
@@ -143,7 +154,7 @@ class Grants:
                 category=category,
                 expires_at=expires_at,
                 reason=why,
-                granted_by=self._user_id(actor),
+                granted_by=_user_id(actor),
                 granted_at=now,
             )
             session.add(grant)
@@ -160,7 +171,7 @@ class Grants:
                     + (f" until {expires_at.isoformat()}" if expires_at else ""),
                 ),
             )
-            info = self._info(session, grant)
+            info = self._info(session, grant, GuardianLink(link.restricted, link.ended_at))
         self._audit.maybe_checkpoint()
         return info
 
@@ -171,35 +182,26 @@ class Grants:
         """
         self._require(actor)
         why = clean_text(reason, "reason for revoking", max_length=500)
+        assert why is not None  # required: an empty reason raised
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             grant = session.get(Grant, grant_id, with_for_update=True)
             if grant is None:
                 raise NotFound("No such grant.")
-            if grant.revoked_at is not None:
-                raise InvalidInput("This grant is already revoked.")
-            grant.revoked_at = self._clock()
-            grant.revoked_by = self._user_id(actor)
-            grant.revoke_reason = why
-            session.flush()
-            self._audit.append(
-                session,
-                event_for(
-                    actor,
-                    Action.GRANT_REVOKE,
-                    student_id=grant.student_id,
-                    document_id=grant.document_id,
-                    grant_id=grant.id,
-                    detail=why,
-                ),
-            )
-            info = self._info(session, grant)
+            revoke_grant(session, self._audit, actor, grant, why, self._clock())
+            info = self._info(session, grant, _link_of(session, grant))
         self._audit.maybe_checkpoint()
         return info
 
     def list_for_student(
         self, actor: Actor, student_id: uuid.UUID, *, include_inactive: bool = False
     ) -> list[GrantInfo]:
-        """The student's grants, newest first; only active ones unless asked."""
+        """The student's grants, newest first, each with its effective status.
+
+        Only grants in force (neither revoked nor expired) unless ``include_inactive``;
+        those include the grants of a restricted or former guardian, listed as such
+        (:attr:`GrantStatus.GUARDIAN_RESTRICTED`, :attr:`GrantStatus.GUARDIAN_UNLINKED`)
+        so they can still be seen and revoked. Raises Forbidden, NotFound.
+        """
         self._require(actor)
         with Session(self._engine) as session:
             if session.get(Student, student_id) is None:
@@ -209,33 +211,27 @@ class Grants:
                 .where(Grant.student_id == student_id)
                 .order_by(Grant.granted_at.desc())
             ).all()
-            infos = [self._info(session, g) for g in grants]
-        return [g for g in infos if include_inactive or g.status is GrantStatus.ACTIVE]
+            links = {
+                row.guardian_id: GuardianLink(row.restricted, row.ended_at)
+                for row in session.scalars(
+                    select(Guardianship).where(Guardianship.student_id == student_id)
+                )
+            }
+            infos = [self._info(session, g, links.get(g.guardian_id)) for g in grants]
+        return [g for g in infos if include_inactive or g.in_force]
 
     def _require(self, actor: Actor) -> None:
         if not decide(actor, Permission.MANAGE_GRANTS, Resource(), self._clock()).allowed:
             raise Forbidden()
 
-    @staticmethod
-    def _user_id(actor: Actor) -> uuid.UUID:
-        if actor.user_id is None:
-            raise Forbidden("Grants are made as a registrar account (use --as EMAIL).")
-        return actor.user_id
-
-    def _info(self, session: Session, grant: Grant) -> GrantInfo:
+    def _info(self, session: Session, grant: Grant, link: GuardianLink | None) -> GrantInfo:
+        """The frozen view of ``grant``; ``link`` is its guardian's link to the student."""
         ids = [i for i in (grant.guardian_id, grant.granted_by, grant.revoked_by) if i]
         emails = {
             row.id: row.email
             for row in session.execute(select(User.id, User.email).where(User.id.in_(ids)))
         }
         document = session.get(Document, grant.document_id) if grant.document_id else None
-        now = self._clock()
-        if grant.revoked_at is not None:
-            status = GrantStatus.REVOKED
-        elif grant.expires_at is not None and grant.expires_at <= now:
-            status = GrantStatus.EXPIRED
-        else:
-            status = GrantStatus.ACTIVE
         return GrantInfo(
             id=grant.id,
             guardian_id=grant.guardian_id,
@@ -252,8 +248,107 @@ class Grants:
             revoked_at=grant.revoked_at,
             revoked_by_email=emails.get(grant.revoked_by) if grant.revoked_by else None,
             revoke_reason=grant.revoke_reason,
-            status=status,
+            status=grant_status(grant, link, self._clock()),
         )
+
+
+def grant_status(grant: Grant, link: GuardianLink | None, now: datetime) -> GrantStatus:
+    """What ``grant`` gives its guardian at ``now``, given their ``link`` to the student.
+
+    "Active" only when the policy lets the guardian see what the grant covers, so a
+    list of grants never claims access the policy would refuse. Otherwise the grant's
+    own end (revoked, expired) is named first, as it is final, and then the link.
+    """
+    grantee = Actor(user_id=grant.guardian_id, role=Role.GUARDIAN, email="")
+    # The resource is what the grant itself covers, so the grant always covers it.
+    covered = Resource(
+        grant.student_id, grant.document_id, grant.category, link, (GrantFacts.of(grant),)
+    )
+    decision = decide(grantee, Permission.VIEW_DOCUMENT_METADATA, covered, now)
+    if decision.allowed:
+        return GrantStatus.ACTIVE
+    if grant.revoked_at is not None:
+        return GrantStatus.REVOKED
+    if grant.expires_at is not None and grant.expires_at <= now:
+        return GrantStatus.EXPIRED
+    if decision.reason is Reason.GUARDIAN_RESTRICTED:
+        return GrantStatus.GUARDIAN_RESTRICTED
+    return GrantStatus.GUARDIAN_UNLINKED
+
+
+def revoke_grant(
+    session: Session, audit: AuditLog, actor: Actor, grant: Grant, reason: str, now: datetime
+) -> None:
+    """Revoke ``grant`` for ``reason`` and append its ``grant.revoke`` event, both in the
+    caller's transaction, so neither happens without the other. Every revocation goes
+    through here (:meth:`Grants.revoke`, the end of a guardianship).
+
+    The caller has checked the actor's permission and cleaned ``reason``. Raises
+    InvalidInput (revoked already), Forbidden (an actor without an account: the row
+    names who revoked), AuditUnavailable.
+    """
+    if grant.revoked_at is not None:
+        raise InvalidInput("This grant is already revoked.")
+    grant.revoked_at = now
+    grant.revoked_by = _user_id(actor)
+    grant.revoke_reason = reason
+    session.flush()
+    audit.append(
+        session,
+        event_for(
+            actor,
+            Action.GRANT_REVOKE,
+            student_id=grant.student_id,
+            document_id=grant.document_id,
+            grant_id=grant.id,
+            detail=reason,
+        ),
+    )
+
+
+def revoke_guardian_grants(
+    session: Session,
+    audit: AuditLog,
+    actor: Actor,
+    guardian_id: uuid.UUID,
+    student_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+) -> int:
+    """Revoke, in the caller's transaction, every grant of ``guardian_id`` on
+    ``student_id`` still in force at ``now`` (expired ones can never work again), each
+    with its event; returns how many. Raises like :func:`revoke_grant`.
+    """
+    grants = session.scalars(
+        select(Grant)
+        .where(
+            Grant.guardian_id == guardian_id,
+            Grant.student_id == student_id,
+            Grant.revoked_at.is_(None),
+        )
+        .order_by(Grant.granted_at, Grant.id)
+        .with_for_update()
+    ).all()
+    in_force = [g for g in grants if g.expires_at is None or g.expires_at > now]
+    for grant in in_force:
+        revoke_grant(session, audit, actor, grant, reason, now)
+    return len(in_force)
+
+
+def _link_of(session: Session, grant: Grant) -> GuardianLink | None:
+    row = session.scalar(
+        select(Guardianship).where(
+            Guardianship.guardian_id == grant.guardian_id,
+            Guardianship.student_id == grant.student_id,
+        )
+    )
+    return GuardianLink(row.restricted, row.ended_at) if row is not None else None
+
+
+def _user_id(actor: Actor) -> uuid.UUID:
+    if actor.user_id is None:
+        raise Forbidden("Grants are made and revoked as a registrar account (use --as EMAIL).")
+    return actor.user_id
 
 
 def _scope_text(scope: GrantScope, category: Category | None, document: Document | None) -> str:

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from folders.actor import Actor
 from folders.categories import Category
-from folders.models import GrantScope, Role
+from folders.models import Grant, GrantScope, Role
 
 
 class Permission(StrEnum):
@@ -67,6 +67,18 @@ class GrantFacts:
     category: Category | None
     expires_at: datetime | None
     revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, grant: Grant) -> GrantFacts:
+        """What the policy needs to know of a stored grant."""
+        return cls(
+            id=grant.id,
+            scope=grant.scope,
+            document_id=grant.document_id,
+            category=grant.category,
+            expires_at=grant.expires_at,
+            revoked_at=grant.revoked_at,
+        )
 
     def covers(self, document_id: uuid.UUID | None, category: Category | None) -> bool:
         """Whether this grant's scope includes the document (folder grants cover all,

@@ -35,9 +35,10 @@ from folders.accounts import normalize_email
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Forbidden, InvalidInput
+from folders.grants import revoke_guardian_grants
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
 from folders.policy import Permission, Resource, decide
-from folders.students import clean_text
+from folders.students import GUARDIANSHIP_ENDED, clean_text
 
 USERS = "users.csv"
 ROLES = "roles.csv"
@@ -1180,6 +1181,16 @@ class _Run:
                     Action.GUARDIAN_UNLINK,
                     student_id=link.student_id,
                     detail=f"{user.email}: withdrawn in the roster",
+                )
+                # An ended link takes its shares with it, as a registrar's unlinking does.
+                revoke_guardian_grants(
+                    session,
+                    self.audit,
+                    self.actor,
+                    user.id,
+                    link.student_id,
+                    GUARDIANSHIP_ENDED,
+                    self.now,
                 )
         self.links_ended += len(open_links)
         return _Outcome.UPDATED

@@ -11,13 +11,16 @@ from sqlalchemy import Engine, String, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from audit.events import Action
+from audit.events import Action, Outcome
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
-from folders.policy import GuardianLink, Permission, Resource, decide
+from folders.policy import Decision, GuardianLink, Permission, Resource, decide
+
+GUARDIANSHIP_ENDED = "guardianship ended"
+"""The reason recorded on the grants revoked because their guardian's link ended."""
 
 # What a staff search matches each term in: names and ids, lower-cased, space-separated
 # (terms never hold a space, so none matches across two fields). On PostgreSQL migration
@@ -151,13 +154,31 @@ class Students:
             ) from None
 
     def get_student(self, actor: Actor, student_id: uuid.UUID) -> StudentInfo:
-        """A student for staff, or for a guardian of that student; NotFound otherwise."""
+        """A student for staff, or for a current, unrestricted guardian of that student.
+
+        Raises NotFound otherwise, the same answer as for a student who does not exist;
+        a refusal by the policy is first recorded as ``access.denied`` (AuditUnavailable
+        if it cannot be).
+        """
         with Session(self._engine) as session:
-            student = session.get(Student, student_id)
-            if student is None:
-                raise NotFound()
-            self._require_student_view(session, actor, student.id)
-            return self._student_info(session, student)
+            decision = self._student_view(session, actor, student_id)
+            student = session.get(Student, student_id) if decision.allowed else None
+            info = self._student_info(session, student) if student is not None else None
+        if not decision.allowed:
+            # SECURITY: "not yours" is indistinguishable from "does not exist", and audited.
+            self._audit.record(
+                event_for(
+                    actor,
+                    Action.ACCESS_DENIED,
+                    Outcome.DENIED,
+                    student_id=student_id,
+                    detail=f"{Permission.VIEW_STUDENT.value}: {decision.reason.value}",
+                )
+            )
+            raise NotFound()
+        if info is None:
+            raise NotFound()
+        return info
 
     def get_by_district_id(self, actor: Actor, district_id: str) -> StudentInfo:
         """The student with this district id (staff only); NotFound if none."""
@@ -202,7 +223,14 @@ class Students:
         guardian_email: str,
         relationship: Relationship = Relationship.PARENT,
     ) -> GuardianInfo:
-        """Link a guardian account to a student (re-opening an ended link)."""
+        """Link a guardian account to a student (re-opening an ended link).
+
+        A re-opened link starts with no grant in force, so no old sharing comes back to
+        life: any grant its guardian still holds on the student is revoked first, each
+        with its event (such grants survive on links the roster import ended, and on
+        links ended before :meth:`unlink_guardian` revoked them).
+        Raises Forbidden, NotFound, and what :func:`folders.grants.revoke_grant` raises.
+        """
         self._require(actor, Permission.MANAGE_FOLDER)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             student = self._student(session, student_id)
@@ -223,6 +251,8 @@ class Students:
                 )
                 session.add(link)
             else:
+                if link.ended_at is not None:
+                    self._revoke_grants(session, actor, guardian.id, student.id)
                 link.relationship = relationship
                 link.ended_at = None
             session.flush()
@@ -238,7 +268,13 @@ class Students:
             return _guardian_info(link, guardian)
 
     def unlink_guardian(self, actor: Actor, student_id: uuid.UUID, guardian_email: str) -> None:
-        """End a guardian's link; their grants stop working at once (history is kept)."""
+        """End a guardian's link (history is kept) and, in the same transaction, revoke
+        their grants on the student still in force, each with a ``grant.revoke`` event
+        giving the reason "guardianship ended": linking them again gives back nothing.
+
+        Raises Forbidden, NotFound, and what :func:`folders.grants.revoke_grant` raises
+        (nothing is changed then).
+        """
         self._require(actor, Permission.MANAGE_FOLDER)
         with Session(self._engine) as session, session.begin():
             link, guardian = self._link(session, student_id, guardian_email)
@@ -249,6 +285,7 @@ class Students:
                     actor, Action.GUARDIAN_UNLINK, student_id=student_id, detail=guardian.email
                 ),
             )
+            self._revoke_grants(session, actor, guardian.id, student_id)
 
     def restrict_guardian(
         self,
@@ -317,7 +354,7 @@ class Students:
         if not decide(actor, permission, Resource(), self._clock()).allowed:
             raise Forbidden()
 
-    def _require_student_view(self, session: Session, actor: Actor, student_id: uuid.UUID) -> None:
+    def _student_view(self, session: Session, actor: Actor, student_id: uuid.UUID) -> Decision:
         link = None
         if actor.role is Role.GUARDIAN and actor.user_id is not None:
             row = session.scalar(
@@ -329,9 +366,25 @@ class Students:
             if row is not None:
                 link = GuardianLink(row.restricted, row.ended_at)
         resource = Resource(student_id=student_id, link=link)
-        if not decide(actor, Permission.VIEW_STUDENT, resource, self._clock()).allowed:
-            # SECURITY: "not yours" is indistinguishable from "does not exist".
-            raise NotFound()
+        return decide(actor, Permission.VIEW_STUDENT, resource, self._clock())
+
+    def _revoke_grants(
+        self, session: Session, actor: Actor, guardian_id: uuid.UUID, student_id: uuid.UUID
+    ) -> None:
+        """Revoke the guardian's grants on the student still in force, in ``session``."""
+        # Imported here: folders.grants imports this module (clean_text), directly and
+        # through folders.documents, so a module-level import would be circular.
+        from folders.grants import revoke_guardian_grants
+
+        revoke_guardian_grants(
+            session,
+            self._audit,
+            actor,
+            guardian_id,
+            student_id,
+            GUARDIANSHIP_ENDED,
+            self._clock(),
+        )
 
     @staticmethod
     def _student(session: Session, student_id: uuid.UUID) -> Student:

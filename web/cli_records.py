@@ -10,7 +10,7 @@ from flask.cli import with_appcontext
 
 from folders.demo import load_demo
 from folders.errors import InvalidInput
-from folders.grants import parse_scope
+from folders.grants import GrantStatus, parse_scope
 from web.cli_support import reports_errors, runtime
 
 AS_OPTION = click.option(
@@ -160,11 +160,12 @@ def grant_list(student_id: str, include_inactive: bool, as_email: str) -> None:
     actor = rt.accounts.acting_as(as_email)
     found = rt.students.get_by_district_id(actor, student_id)
     grants = rt.grants.list_for_student(actor, found.id, include_inactive=include_inactive)
-    click.echo(f"{'GRANT ID':<36}  {'STATUS':<8} {'GUARDIAN':<32} {'EXPIRES':<10} SCOPE")
+    width = max(len(status.value) for status in GrantStatus)
+    click.echo(f"{'GRANT ID':<36}  {'STATUS':<{width}} {'GUARDIAN':<32} {'EXPIRES':<10} SCOPE")
     for g in grants:
         expires = f"{g.expires_at:%Y-%m-%d}" if g.expires_at else "never"
         click.echo(
-            f"{g.id!s:<36}  {g.status.value:<8} {g.guardian_email:<32} {expires:<10} "
+            f"{g.id!s:<36}  {g.status.value:<{width}} {g.guardian_email:<32} {expires:<10} "
             f"{g.scope_label}"
         )
     if not grants:

@@ -27,7 +27,6 @@ from folders.categories import RETENTION, Category
 from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
 from folders.documents import DocumentInfo, check_school_year, parse_category
 from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
-from folders.grants import GrantStatus
 from folders.models import GrantScope, Relationship, Role
 from folders.students import clean_text
 from storage.errors import ContentRejected, StorageError
@@ -397,18 +396,11 @@ def _sharing_page(
     student = rt.students.get_student(actor, student_id)
     linked = rt.students.list_guardians(actor, student_id)
     eligible = [g for g in linked if not g.restricted and g.ended_at is None]
-    # The policy ignores the grants of a restricted or former guardian: say so.
-    blocked = {
-        g.guardian_id: "restricted" if g.restricted else "no longer linked as a guardian"
-        for g in linked
-        if g not in eligible
-    }
     page = render_template(
         "registrar/sharing.html",
         title=f"Sharing the folder of {student.full_name}",
         student=student,
         guardians=eligible,
-        blocked=blocked,
         grants=rt.grants.list_for_student(actor, student_id),
         document_groups=_by_category(rt.documents.list_folder(actor, student_id)),
         categories=CATEGORY_CHOICES,
@@ -488,13 +480,14 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
 def revoke(student_id: uuid.UUID, grant_id: uuid.UUID) -> ResponseReturnValue:
     actor = current_actor()
     rt = runtime()
-    grants = rt.grants.list_for_student(actor, student_id, include_inactive=True)
-    status = {g.id: g.status for g in grants}
-    if grant_id not in status:
+    grants = {g.id: g for g in rt.grants.list_for_student(actor, student_id, include_inactive=True)}
+    if grant_id not in grants:
         abort(404)
-    if status[grant_id] is not GrantStatus.ACTIVE:
-        # A second click, or another registrar was quicker: nothing left to revoke.
-        flash(f"This access has ended already ({status[grant_id].value}); nothing was changed.")
+    if not grants[grant_id].in_force:
+        # A second click, or another registrar was quicker: nothing left to revoke. (A
+        # restricted or former guardian's grant is in force, and can be revoked.)
+        status = grants[grant_id].status.value
+        flash(f"This access has ended already ({status}); nothing was changed.")
         return redirect(url_for("registrar.sharing", student_id=student_id))
     field = f"revoke-reason-{grant_id}"
     try:

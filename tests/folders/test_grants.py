@@ -86,6 +86,31 @@ def test_refusals(runtime: Runtime, cast: Cast) -> None:
     assert grants.list_for_student(cast.registrar, cast.child.id, include_inactive=True) == []
 
 
+def test_a_restricted_guardians_grant_is_listed_as_giving_nothing(
+    runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    grant = runtime.grants.grant(
+        cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER
+    )
+    runtime.students.restrict_guardian(
+        cast.registrar, cast.child.id, cast.parent.email, "Court order 2026-114"
+    )
+    # Still listed (in force, and revocable), but not as access: the policy refuses it.
+    [listed] = runtime.grants.list_for_student(cast.registrar, cast.child.id)
+    assert (listed.id, listed.status, listed.in_force) == (
+        grant.id,
+        GrantStatus.GUARDIAN_RESTRICTED,
+        True,
+    )
+    with pytest.raises(NotFound):
+        runtime.documents.open(cast.parent, document.id)
+
+    revoked = runtime.grants.revoke(cast.registrar, grant.id, "Court order 2026-114")
+    assert (revoked.status, revoked.in_force) == (GrantStatus.REVOKED, False)
+    assert runtime.grants.list_for_student(cast.registrar, cast.child.id) == []
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

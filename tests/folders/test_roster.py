@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from audit.events import Action
 from folders.actor import Actor
 from folders.errors import FoldersError, Forbidden, InvalidInput, NotFound
-from folders.models import Relationship, Role, StudentStatus
+from folders.grants import GrantStatus
+from folders.models import GrantScope, Relationship, Role, StudentStatus
 from folders.roster import (
     PersonKind,
     Rejected,
@@ -493,6 +494,23 @@ def test_tobedeleted_deactivates_and_ends_but_never_deletes(
     accounts = {u.email: u for u in runtime.accounts.list_users(Actor.operator(), Role.GUARDIAN)}
     assert not accounts["elena.lopez@mail.example"].active
     assert runtime.students.get_by_district_id(actor, "100002").status is StudentStatus.INACTIVE
+
+
+def test_a_withdrawn_guardian_loses_the_shares_of_the_links_it_ends(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    actor = registrar(runtime)
+    roster = copy_fixture(tmp_path, "v1_1")
+    importer(runtime).import_directory(actor, roster)
+    mateo = runtime.students.get_by_district_id(actor, "100002")
+    shared = runtime.grants.grant(actor, "elena.lopez@mail.example", mateo.id, GrantScope.FOLDER)
+    edit(roster / "users.csv", "p-20001,,,", "p-20001,tobedeleted,2025-06-30T00:00:00Z,")
+    report = importer(runtime).import_directory(actor, roster)
+    assert report.links_ended == 2
+    assert runtime.grants.list_for_student(actor, mateo.id) == []
+    (revoked,) = runtime.grants.list_for_student(actor, mateo.id, include_inactive=True)
+    assert (revoked.id, revoked.status) == (shared.id, GrantStatus.REVOKED)
+    assert Action.GRANT_REVOKE in actions(runtime)[-5:]
 
 
 def test_rejected_rows_are_listed_and_the_rest_imported(runtime: Runtime) -> None:

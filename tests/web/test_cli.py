@@ -128,6 +128,17 @@ def test_db_upgrade_reports_the_revision(satchel: Satchel, database_url: str) ->
     assert result.output.startswith(f"schema at {head}")
 
 
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["init"]])
+def test_an_unreachable_database_is_named_once(tmp_path: Path, command: list[str]) -> None:
+    dead = f"postgresql+psycopg://satchel@127.0.0.1:{free_port()}/satchel"
+    result = Satchel(tmp_path / "data", dead)(*command)
+    assert result.exit_code == 1, result.output
+    [message] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert message.startswith("Error: the database is unavailable: OperationalError: ")
+    assert result.output.lower().count("the database is unavailable") == 1
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -245,6 +256,9 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     registrar = ("--as", "registrar@demo.satchel.test")
     listed = satchel("grant", "list", "D-1001", *registrar)
     assert listed.exit_code == 0 and "maria.lopez@demo.satchel.test" in listed.output
+    header, *rows = listed.output.splitlines()
+    (row,) = [r for r in rows if "maria.lopez@" in r]
+    assert row.index("maria.lopez@") == header.index("GUARDIAN")  # the columns line up
     added = satchel(
         "grant",
         "add",

@@ -11,6 +11,7 @@ from folders.categories import Category
 from folders.disclosures import DEFAULT_PURPOSE
 from folders.models import GrantScope
 from folders.runtime import Runtime
+from folders.students import GUARDIANSHIP_ENDED
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import Clock, events, share_folder, signed_in, upload_pdf
@@ -112,8 +113,15 @@ def test_revoked_expired_and_restricted_access_is_404_on_the_next_request(
     )
     assert client.get(url).status_code == 404
     assert client.get(f"/guardian/students/{cast.child.id}/history").status_code == 404
-    denied = events(runtime, Action.ACCESS_DENIED)
-    assert len(denied) == 3 and all(e.event.outcome is Outcome.DENIED for e in denied)
+    denied = [e.event for e in events(runtime, Action.ACCESS_DENIED)]  # newest first
+    assert all(e.outcome is Outcome.DENIED for e in denied)
+    assert all(e.actor_email == cast.parent.email for e in denied)
+    assert [(e.student_id, e.document_id, e.detail) for e in denied] == [
+        (str(cast.child.id), None, "record of disclosures: guardian_restricted"),
+        (str(cast.child.id), str(document.id), "document.download: guardian_restricted"),
+        (str(cast.child.id), str(document.id), "document.download: grant_revoked"),
+        (str(cast.child.id), str(document.id), "document.download: grant_expired"),
+    ]
 
 
 def test_access_history_shows_staff_actions_not_other_guardians(
@@ -140,6 +148,72 @@ def test_access_history_shows_staff_actions_not_other_guardians(
     assert re.findall(r"<tr[^>]*>(.*?)</tr>", stale.get_data(as_text=True), re.S)[1:] == rows
 
 
+def _history_rows(html: str) -> list[str]:
+    return re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S)[1:]  # without the header row
+
+
+def test_access_history_says_nothing_of_documents_not_shared_with_the_guardian(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    report, _ = upload_pdf(runtime, cast, cast.child, "Spring report card")
+    behaviour, _ = upload_pdf(
+        runtime, cast, cast.child, "Behaviour incident 14 March", Category.BEHAVIOR
+    )
+    runtime.grants.grant(
+        cast.registrar,
+        cast.parent.email,
+        cast.child.id,
+        GrantScope.CATEGORY,
+        category=Category.REPORT_CARD,
+    )
+    # A second guardian of the child, linked but given nothing.
+    runtime.students.link_guardian(cast.registrar, cast.child.id, cast.other_parent.email)
+    runtime.documents.open(cast.registrar, report.id, purpose=DEFAULT_PURPOSE)
+    runtime.documents.open(cast.registrar, behaviour.id, purpose="Correction or review")
+    url = f"/guardian/students/{cast.child.id}/history"
+
+    html = signed_in(app, cast.parent.email).get(url).get_data(as_text=True)
+    rows = _history_rows(html)
+    assert len(rows) == 2, rows
+    assert "Downloaded a document" in rows[0] and "Spring report card" in rows[0]
+    assert "Shared records with you" in rows[1]
+    nothing = signed_in(app, cast.other_parent.email).get(url).get_data(as_text=True)
+    assert _history_rows(nothing) == []
+    assert "No one on the school's staff has looked at or shared these records yet" in nothing
+    for page in (html, nothing):
+        assert "Behaviour incident" not in page and "Correction or review" not in page
+
+
+def test_ending_and_relinking_a_guardianship_does_not_bring_back_their_access(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child, "Report card")
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    runtime.documents.open(cast.registrar, document.id, purpose=DEFAULT_PURPOSE)
+    client = signed_in(app, cast.parent.email)
+    url = f"/guardian/documents/{document.id}/download"
+    assert client.get(url).status_code == 200
+    history_url = f"/guardian/students/{cast.child.id}/history"
+    assert "Report card" in client.get(history_url).get_data(as_text=True)
+
+    runtime.students.unlink_guardian(cast.registrar, cast.child.id, cast.parent.email)
+    assert client.get(url).status_code == 404
+    runtime.students.link_guardian(cast.registrar, cast.child.id, cast.parent.email)
+    assert client.get(url).status_code == 404
+    assert "Report card" not in client.get("/guardian/").get_data(as_text=True)
+
+    [revoke] = [e.event for e in events(runtime, Action.GRANT_REVOKE)]
+    assert (revoke.student_id, revoke.detail, revoke.actor_email) == (
+        str(cast.child.id),
+        GUARDIANSHIP_ENDED,
+        cast.registrar.email,
+    )
+    history = client.get(history_url).get_data(as_text=True)
+    rows = _history_rows(history)
+    assert "Ended your access to shared records" in rows[0]
+    assert "Report card" not in history  # the staff download of it is no longer theirs to see
+
+
 def test_a_document_whose_object_is_lost_is_a_server_fault_not_a_sharing_question(
     app: Flask, runtime: Runtime, cast: Cast
 ) -> None:
@@ -158,9 +232,16 @@ def test_a_document_whose_object_is_lost_is_a_server_fault_not_a_sharing_questio
     assert event.event.outcome is Outcome.ERROR
 
 
-def test_a_guardian_sees_only_their_own_students(app: Flask, cast: Cast) -> None:
+def test_a_guardian_sees_only_their_own_students(app: Flask, runtime: Runtime, cast: Cast) -> None:
     client = signed_in(app, cast.parent.email)
     html = client.get("/guardian/").get_data(as_text=True)
     assert "Lucia Lopez" in html and "Amara" not in html
     other = client.get(f"/guardian/students/{cast.other_child.id}/history")
     assert other.status_code == 404 and "ends the sharing" in other.text
+    [denied] = [e.event for e in events(runtime, Action.ACCESS_DENIED)]
+    assert (denied.outcome, denied.actor_email, denied.student_id, denied.detail) == (
+        Outcome.DENIED,
+        cast.parent.email,
+        str(cast.other_child.id),
+        "record of disclosures: not_guardian_of_student",
+    )

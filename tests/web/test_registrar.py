@@ -371,6 +371,55 @@ def test_grant_document_category_and_folder_then_revoke_with_reason(
     ).get_data(as_text=True)
 
 
+def test_the_grant_list_shows_what_the_policy_gives_not_what_was_granted(
+    app: Flask, runtime: Runtime, cast: Cast, clock: Clock
+) -> None:
+    runtime.students.link_guardian(cast.registrar, cast.child.id, cast.other_parent.email)
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    expiring = runtime.grants.grant(
+        cast.registrar,
+        cast.other_parent.email,
+        cast.child.id,
+        GrantScope.FOLDER,
+        expires_at=clock() + timedelta(days=1),
+    )
+    health = runtime.grants.grant(
+        cast.registrar,
+        cast.other_parent.email,
+        cast.child.id,
+        GrantScope.CATEGORY,
+        category=Category.HEALTH,
+    )
+    runtime.students.restrict_guardian(
+        cast.registrar, cast.child.id, cast.other_parent.email, "Court order 2026-7"
+    )
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/sharing"
+
+    page = client.get(url).get_data(as_text=True)
+    assert page.count('data-status="active"') == 1
+    assert page.count('data-status="guardian restricted"') == 2
+    assert f"<strong>{cast.parent.email}</strong> sees the whole folder" in page
+    assert f"<strong>{cast.other_parent.email}</strong> sees" not in page
+    statuses = {
+        g.id: g.status for g in runtime.grants.list_for_student(cast.registrar, cast.child.id)
+    }
+    assert statuses[expiring.id] is statuses[health.id] is GrantStatus.GUARDIAN_RESTRICTED
+
+    # A restricted guardian's grant is still there to revoke.
+    revoke = f"/registrar/students/{cast.child.id}/grants/{health.id}/revoke"
+    assert post(client, revoke, {"reason": "Court order 2026-7"}).status_code == 302
+    clock.advance(timedelta(days=2))
+    every = runtime.grants.list_for_student(cast.registrar, cast.child.id, include_inactive=True)
+    # Their own end is named first, whatever the guardian's link says.
+    assert {g.id: g.status for g in every if g.guardian_email == cast.other_parent.email} == {
+        expiring.id: GrantStatus.EXPIRED,
+        health.id: GrantStatus.REVOKED,
+    }
+    page = client.get(url).get_data(as_text=True)
+    assert page.count('class="grant"') == 1 and 'data-status="active"' in page
+
+
 def test_the_document_to_share_is_chosen_from_the_folder_grouped_by_category(
     app: Flask, runtime: Runtime, cast: Cast
 ) -> None:
