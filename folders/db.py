@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
@@ -24,7 +24,9 @@ PING_IDLE_AFTER_S = 1.0
 
 
 def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout on every connection.
+    """Create an engine. SQLite gets foreign keys, WAL, a busy timeout, a Unicode-aware
+    ``lower()``, and transactions that take the write lock at their first write or
+    locking read (see :func:`_configure_sqlite`), on every connection.
 
     A missing SQLite file is created readable by its owner only (SQLite gives its WAL
     and shared-memory files the same mode), in a directory created 0700 if missing; an
@@ -37,19 +39,133 @@ def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwarg
         if parsed.database and parsed.database != ":memory:":
             _create_private_file(Path(parsed.database))
         engine = create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA busy_timeout = 30000")
-            cursor.close()
-
+        _configure_sqlite(engine)
         return engine
     engine = create_engine(url, **kwargs)
     _ping_idle_connections(engine, ping_idle_after)
     return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Make SQLite connections behave as the PostgreSQL ones do where Satchel relies on it.
+
+    Transactions. The driver (pysqlite, in its default mode) sends a deferred BEGIN
+    only before an INSERT, UPDATE or DELETE: the SELECTs a write transaction starts with
+    run outside it, and ``with_for_update`` renders nothing. Two writers could then
+    both pass a check (is the grant revoked? which version number is next?) before
+    either writes. Here the driver sends no BEGIN of its own (``isolation_level =
+    None``, as in SQLAlchemy's recipe for pysqlite) and :func:`_begin_before_writing`
+    sends ``BEGIN IMMEDIATE`` before the transaction's first statement that writes or
+    locks (``SELECT ... FOR UPDATE``). That takes the database's write lock before the
+    read the write depends on, waiting up to the busy timeout for another writer's
+    commit, so a locking read on SQLite serialises writers as its row lock does on
+    PostgreSQL, only for the whole database. The recipe's other half, a BEGIN in the
+    ``begin`` event, would start every transaction there, when nothing tells a read
+    from a write yet: a BEGIN IMMEDIATE would make every read in an implicit transaction
+    (a ``Session`` without ``begin()``, ``engine.connect()``, a streamed audit export)
+    hold the write lock to its end, and a deferred BEGIN would hold a snapshot whose
+    first write fails at once (SQLITE_BUSY_SNAPSHOT) once another writer committed.
+    So reads before a transaction's first write each see the latest commit, like
+    PostgreSQL's READ COMMITTED, and take no lock; :func:`reading_session` and other
+    AUTOCOMMIT connections never begin a transaction.
+
+    ``lower()``. SQLite's built-in folds ASCII letters only, while search terms are
+    lower-cased in Python, so "Émile" was never found; it is replaced on each connection
+    by one with Python's case mapping (as PostgreSQL's lower() folds in a database whose
+    LC_CTYPE is not C). It is deterministic, but no SQLite index, view, trigger or
+    constraint may use ``lower()``: one built through this function would not match
+    what the sqlite3 shell or another program computes with the built-in (a test checks
+    the schema). The only index on lower() is migration 0005's, on PostgreSQL only.
+
+    The pragmas: foreign keys are off in SQLite unless asked for; WAL lets readers
+    proceed while one transaction writes; the busy timeout is how long a writer (a
+    BEGIN IMMEDIATE included) waits for the lock before "database is locked".
+    """
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+        dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "checkout")
+    def _sqlite_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # SQLAlchemy hands a connection that was in AUTOCOMMIT mode back to the pool
+        # with the driver's own transaction handling restored; undo that. The pool has
+        # rolled back by now, so this commits nothing.
+        if dbapi_connection.isolation_level is not None:
+            dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "do_execute")
+    def _sqlite_execute(cursor: Any, statement: str, _params: Any, context: Any) -> bool:
+        _begin_before_writing(cursor, statement, context)
+        return False  # the dialect still runs the statement
+
+    @event.listens_for(engine, "do_executemany")
+    def _sqlite_executemany(cursor: Any, statement: str, _params: Any, context: Any) -> bool:
+        _begin_before_writing(cursor, statement, context)
+        return False
+
+    @event.listens_for(engine, "do_execute_no_params")
+    def _sqlite_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+        _begin_before_writing(cursor, statement, context)
+        return False
+
+
+# Statements that neither write nor need the write lock; WITH only when it is a SELECT.
+_READING_VERBS = frozenset({"SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES"})
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK"})
+
+
+def _begin_before_writing(cursor: Any, statement: str, context: Any) -> None:
+    """Send BEGIN IMMEDIATE before ``statement`` if it is the first of its transaction
+    to write or lock (see :func:`_configure_sqlite`).
+
+    Runs inside the execution's error handling, so a BEGIN IMMEDIATE that times out
+    waiting for the lock raises sqlalchemy's OperationalError ("database is locked")
+    like the statement would.
+    """
+    connection = cursor.connection
+    if connection.in_transaction:
+        return
+    if context.execution_options.get("isolation_level") == "AUTOCOMMIT":
+        return  # each statement commits by itself
+    if _writes_or_locks(statement, context):
+        connection.execute("BEGIN IMMEDIATE")
+
+
+def _writes_or_locks(statement: str, context: Any) -> bool:
+    words = statement.split(maxsplit=1)
+    verb = words[0].upper() if words else ""
+    if verb in _TRANSACTION_CONTROL:
+        return False
+    if verb not in _READING_VERBS:
+        return True  # INSERT, UPDATE, DELETE, DDL, SAVEPOINT, and anything unknown
+    compiled = context.compiled
+    query = compiled.statement if compiled is not None else None
+    if verb == "WITH" and not isinstance(query, Select):
+        return True  # a WITH ... INSERT/UPDATE/DELETE, or text we cannot tell
+    # SQLite renders no FOR UPDATE; the write lock stands in for the row lock.
+    return isinstance(query, Select) and query._for_update_arg is not None
+
+
+def unicode_lower(value: object) -> str | None:
+    """SQL ``lower()`` for SQLite with Python's Unicode case mapping.
+
+    NULL stays NULL; a BLOB is read as UTF-8 text and a number as its decimal text, as
+    the built-in does.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace").lower()
+    return str(value).lower()
 
 
 def _create_private_file(path: Path) -> None:
@@ -115,7 +231,8 @@ def reading_session(engine: Engine) -> Iterator[Session]:
     Its connection is in autocommit mode, so each statement runs on its own: on
     PostgreSQL that spares the BEGIN and ROLLBACK round trips around the reads, and at
     its default READ COMMITTED level the statements of a transaction would see no more
-    consistent a picture. Never write through it.
+    consistent a picture; on SQLite it never begins a transaction, so it never takes
+    the write lock, even for ``with_for_update``. Never write through it.
     """
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")

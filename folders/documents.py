@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
@@ -30,7 +31,7 @@ from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
 from folders.db import reading_session
-from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import (
     Base,
     Document,
@@ -45,6 +46,8 @@ from folders.students import clean_text
 from storage.envelope import ObjectIdentity
 from storage.errors import StorageError
 from storage.ingest import SealedRef, Spool, StoredFile, Vault
+
+_logger = logging.getLogger(__name__)
 
 _SCHOOL_YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 OPEN_ACTIONS = (Action.DOCUMENT_VIEW, Action.DOCUMENT_PREVIEW, Action.DOCUMENT_DOWNLOAD)
@@ -106,6 +109,10 @@ def _column_values(row: Base, prefix: str) -> dict[str, Any]:
 _INSERT_DOCUMENT = _insert_all_columns(Document, "document_")
 _INSERT_VERSION = _insert_all_columns(DocumentVersion, "version_")
 _INSERT_DOCUMENT_AND_VERSION = _INSERT_VERSION.add_cte(_INSERT_DOCUMENT.cte("new_document"))
+
+# The constraint that keeps version numbers unique within a document (the models'
+# naming convention names it after its first column).
+_VERSION_NUMBER_UNIQUE = "uq_document_versions_document_id"
 
 
 @dataclass(frozen=True)
@@ -205,9 +212,17 @@ class Documents:
         ``folders.bulk``) is recorded on the document in the same transaction; a key
         already recorded makes the database refuse the document (sqlalchemy's
         IntegrityError).
-        Raises Forbidden (not a registrar), NotFound (student), InvalidInput (metadata),
-        ContentRejected/UploadTooLarge (the file), StorageUnavailable, AuditUnavailable.
-        Nothing is stored — no object, no row — when it raises.
+
+        Raises Forbidden (not a registrar, or an actor without an account), NotFound
+        (student), InvalidInput (metadata), ContentRejected/UploadTooLarge (the file),
+        StorageUnavailable or KeyringError (storing the object), AuditUnavailable, and
+        sqlalchemy's errors (OperationalError when the database is unreachable).
+        When it raises, the upload has normally left nothing: no row, no event, and the
+        stored object (if any) deleted again. The object stays in two cases: the COMMIT
+        may have succeeded unseen (its reply was lost), so the version exists, or may,
+        when the database cannot be asked, and must keep its object; or deleting it
+        failed (logged), leaving an orphan for ``satchel fsck --repair``. Either way
+        the exception raised is the one that failed the upload.
         """
         self._require(actor, Permission.MANAGE_FOLDER)
         category = parse_category(category)
@@ -301,13 +316,23 @@ class Documents:
     def upload_version(
         self, actor: Actor, document_id: uuid.UUID, stream: BinaryIO, filename: str
     ) -> DocumentInfo:
-        """Store a corrected file as the document's next version; older versions stay."""
+        """Store a corrected file as the document's next version; older versions stay.
+
+        Concurrent corrections of one document are numbered one after the other: the
+        transaction locks the document row (on SQLite, the database) before it reads
+        the last number. Raises Forbidden, NotFound (document), ContentRejected/
+        UploadTooLarge, StorageUnavailable or KeyringError, Conflict (the number was
+        taken by another version all the same, which the lock should prevent),
+        AuditUnavailable, and sqlalchemy's errors. What is stored when it raises is as
+        for :meth:`upload`.
+        """
         self._require(actor, Permission.MANAGE_FOLDER)
         with reading_session(self._engine) as session:
             if session.get(Document, document_id) is None:
                 raise NotFound("No such document.")
         version_id = uuid.uuid4()
         stored = self._store(stream, filename, document_id, version_id)
+        number: int | None = None
         try:
             with Session(self._engine, expire_on_commit=False) as session, session.begin():
                 document = session.get(Document, document_id, with_for_update=True)
@@ -334,8 +359,14 @@ class Documents:
                     ),
                 )
                 info = document_info(document, self._versions(session, document_id))
-        except BaseException:
+        except BaseException as e:
             self._discard(stored.object_key)
+            if isinstance(e, IntegrityError) and _is_version_number_clash(e):
+                raise Conflict(
+                    f"Another correction was saved as version {number} of this document at "
+                    "the same moment, so this file was not stored. Reload the document and "
+                    "upload it again if it is still needed."
+                ) from e
             raise
         self._audit.maybe_checkpoint()
         return info
@@ -412,7 +443,7 @@ class Documents:
                     document_id=document.id,
                     category=document.category,
                     link=links.get(document.student_id),
-                    grants=tuple(_grant_facts(g) for g in by_student[document.student_id]),
+                    grants=tuple(GrantFacts.of(g) for g in by_student[document.student_id]),
                 )
                 current = versions.get(document.id, [])[:1]
                 if current and decide(actor, Permission.VIEW_DOCUMENT, resource, now).allowed:
@@ -436,8 +467,28 @@ class Documents:
 
         Guardians get the current version only; staff may name any version and must
         give a purpose. The audit event is committed before the stream is returned.
-        Raises NotFound (missing or not permitted: the same answer), InvalidInput
-        (no purpose), IntegrityError/StorageUnavailable, AuditUnavailable.
+
+        A missing document or version, and a refusal by the policy, are audited
+        (``access.denied``) before they are raised. Raises:
+
+        - NotFound: no such document or version (for a guardian, any version but the
+          current one), or a guardian not permitted to see it: the same answer. Also a
+          version destroyed under the retention schedule (not audited as a refusal).
+        - Forbidden: a staff account whose role may not read contents (compliance,
+          admin). Staff may know the document exists, so they are told no rather than
+          "not found"; for a document that does not exist they get NotFound.
+        - InvalidInput: staff gave no purpose. ValueError: ``action`` is not one of
+          :data:`OPEN_ACTIONS` (a programming error).
+        - storage's IntegrityError (the object failed authentication), ObjectNotFound
+          (the object is missing), StorageUnavailable, KeyringError (its key version is
+          unknown or retired): audited as an ``error`` outcome first.
+        - AuditUnavailable: an event could not be recorded (nothing is handed out; it
+          replaces the refusal or storage error it was recording).
+        - sqlalchemy's errors (OperationalError when the database is unreachable).
+
+        Iterating ``chunks`` of an object too large to keep in memory reads it a second
+        time, and raises storage's IntegrityError or StorageError if it changed or
+        became unreachable since it was authenticated.
         """
         if action not in OPEN_ACTIONS:
             raise ValueError(f"{action} is not a way to open a document")
@@ -535,17 +586,34 @@ class Documents:
         A COMMIT whose reply was lost may have succeeded, and the object then belongs to
         a stored version. When the database cannot say, the object stays as well: an
         orphan costs storage until ``satchel fsck --repair`` removes it, whereas a
-        wrongly deleted object would lose the record. Raises StorageError.
+        wrongly deleted object would lose the record. A failed delete leaves an orphan
+        too, and is logged. Never raises a database or storage error: it runs while
+        the exception that failed the upload propagates, which must stay the one raised.
         """
         try:
             with reading_session(self._engine) as session:
                 committed = session.scalar(
                     select(DocumentVersion.id).where(DocumentVersion.object_key == object_key)
                 )
-        except SQLAlchemyError:
+        except SQLAlchemyError as e:
+            _logger.warning(
+                "kept the object %s of a failed upload: the database cannot say whether "
+                "its version was stored (%s); `satchel fsck` reports it if orphaned",
+                object_key,
+                type(e).__name__,
+            )
             return
-        if committed is None:
+        if committed is not None:
+            return
+        try:
             self._vault.store.delete(object_key)
+        except StorageError as e:
+            _logger.warning(
+                "could not delete the object %s of a failed upload, left as an orphan for "
+                "`satchel fsck --repair`: %s",
+                object_key,
+                e,
+            )
 
     def _version_row(
         self,
@@ -606,7 +674,7 @@ class Documents:
             document.id,
             document.category,
             link=link,
-            grants=tuple(_grant_facts(grant) for grant in grants),
+            grants=tuple(GrantFacts.of(grant) for grant in grants),
         )
         return document, versions, resource
 
@@ -659,15 +727,14 @@ class Documents:
         return result
 
 
-def _grant_facts(grant: Grant) -> GrantFacts:
-    return GrantFacts(
-        id=grant.id,
-        scope=grant.scope,
-        document_id=grant.document_id,
-        category=grant.category,
-        expires_at=grant.expires_at,
-        revoked_at=grant.revoked_at,
-    )
+def _is_version_number_clash(error: IntegrityError) -> bool:
+    """Whether ``error`` is the (document, number) unique constraint of versions refusing a
+    row: PostgreSQL names the constraint, SQLite the columns."""
+    orig = error.orig
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+    if constraint is not None:
+        return bool(constraint == _VERSION_NUMBER_UNIQUE)
+    return "document_versions.document_id, document_versions.number" in str(orig)
 
 
 def _version_info(v: DocumentVersion) -> VersionInfo:

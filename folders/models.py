@@ -13,6 +13,7 @@ from datetime import date, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Date,
     Enum,
@@ -71,6 +72,12 @@ class GrantScope(StrEnum):
     DOCUMENT = "document"
     CATEGORY = "category"
     FOLDER = "folder"
+
+
+# A count or byte size that may pass 2**31 - 1: 64-bit on PostgreSQL, whose INTEGER is
+# 32-bit. SQLite's INTEGER holds 64 bits already, and only INTEGER makes a primary key
+# the table's rowid, so it stays INTEGER there (migration 0007).
+_BIG_INTEGER = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _uuid_pk() -> Mapped[uuid.UUID]:
@@ -179,8 +186,8 @@ class DocumentVersion(Base):
     document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     object_key: Mapped[str] = mapped_column(String(255), unique=True)
-    size: Mapped[int] = mapped_column(Integer)
-    stored_size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(_BIG_INTEGER)  # bytes: a file may pass 2 GiB
+    stored_size: Mapped[int] = mapped_column(_BIG_INTEGER)
     plaintext_sha256: Mapped[str] = mapped_column(String(64))
     mime_type: Mapped[str] = mapped_column(String(64))
     page_count: Mapped[int] = mapped_column(Integer)
@@ -244,7 +251,9 @@ class LoginAttempt(Base):
 
     __tablename__ = "login_attempts"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Every attempt takes the next id, pruned or not: 2**31 is within reach of a
+    # long-running login form under attack.
+    id: Mapped[int] = mapped_column(_BIG_INTEGER, primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(254), index=True)
     client_address: Mapped[str] = mapped_column(String(64), index=True)
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -2,19 +2,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import uuid
+from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from audit.errors import AuditUnavailable
 from audit.events import Action
 from folders.categories import Category
 from folders.errors import Forbidden, InvalidInput, NotFound
-from folders.models import GrantScope
+from folders.models import DocumentVersion, GrantScope
 from folders.runtime import Runtime
 from storage.errors import ContentRejected
 from tests.support import samples
+from tests.support.faults import break_audit_inserts
 from tests.support.people import Cast, upload_pdf
 
 
@@ -126,6 +130,48 @@ def test_an_upload_whose_commit_reply_is_lost_keeps_its_object(
         cast.registrar, document.id, version_id=version.id, purpose="checking the correction"
     )
     assert b"".join(opened.chunks) == data
+
+
+def test_a_failed_cleanup_does_not_hide_why_the_upload_failed(
+    runtime: Runtime, cast: Cast, caplog: pytest.LogCaptureFixture
+) -> None:
+    break_audit_inserts(runtime.engine)
+    versions = runtime.settings.objects_dir / "versions"
+    moved = versions.with_name("versions.moved")
+
+    def store_fails_too(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # While the upload's transaction runs (to fail at its audit event), the store's
+        # directory fails as well: a symlink loop (ELOOP), which no permission bit can
+        # stand in for when the tests run as root.
+        if "INSERT INTO document_versions" in statement and not moved.exists():
+            versions.rename(moved)
+            versions.symlink_to(versions.name)
+
+    event.listen(runtime.engine, "before_cursor_execute", store_fails_too)
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="folders.documents"),
+            pytest.raises(AuditUnavailable),
+        ):
+            runtime.documents.upload(
+                cast.registrar,
+                cast.child.id,
+                io.BytesIO(samples.make_pdf()),
+                "a.pdf",
+                category=Category.OTHER,
+                title="Unaudited",
+            )
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", store_fails_too)
+        if versions.is_symlink():
+            versions.unlink()
+            moved.rename(versions)
+    assert moved.exists() is False
+    assert "could not delete the object versions/" in caplog.text
+    # The object stays as an orphan for `satchel fsck --repair`; no row names it.
+    assert len(list(runtime.store.list("versions/"))) == 1
+    with Session(runtime.engine) as session:
+        assert session.scalars(select(DocumentVersion.id)).all() == []
 
 
 @pytest.mark.parametrize(
