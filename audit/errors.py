@@ -15,7 +15,15 @@ class AuditUnavailable(AuditError):
     public_message = "The audit log is unavailable, so the action was not performed."
 
 
-class ProofError(AuditError):
+class AuditIntegrityError(AuditError):
+    """The stored trail no longer checks out: a damaged entry, a broken chain, a truncated
+    log, or events or checkpoints that no longer match. Evidence of tampering or damage,
+    not an outage: it lasts until someone investigates (``satchel audit verify``)."""
+
+    public_message = "The audit trail failed an integrity check."
+
+
+class ProofError(AuditIntegrityError):
     """An inclusion or consistency proof, or a checkpoint signature, did not verify."""
 
     public_message = "The audit proof did not verify."

@@ -56,7 +56,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
-from audit.errors import AuditError, AuditUnavailable, ProofError
+from audit.errors import AuditError, AuditIntegrityError, AuditUnavailable, ProofError
 from audit.events import (
     GENESIS_HASH,
     PAYLOAD_FIELDS,
@@ -613,7 +613,7 @@ class AuditLog:
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         """The newest checkpoint in SQL, or None before the first one.
 
-        Raises :class:`AuditUnavailable`, or :class:`AuditError` if its signature does not
+        Raises :class:`AuditUnavailable`, or :class:`AuditIntegrityError` if its signature does not
         verify.
         """
         try:
@@ -630,7 +630,7 @@ class AuditLog:
         outside the database. Returns the latest checkpoint unchanged when it already
         covers every event (writing its copy again if that went missing). Raises
         :class:`AuditUnavailable` when the database or object store fails (nothing is
-        then recorded in SQL), and :class:`AuditError`, signing nothing, when the stored
+        then recorded in SQL), and :class:`AuditIntegrityError`, signing nothing, when the stored
         events no longer match the latest checkpoint or do not chain.
         """
         with self._tree_lock:
@@ -711,7 +711,7 @@ class AuditLog:
             latest = None if note is None else self._verified(note)
             if latest is not None and latest.checkpoint.tree_size >= size:
                 if latest.checkpoint.tree_size > size:
-                    raise AuditError(
+                    raise AuditIntegrityError(
                         f"the audit log ends at event {size} but checkpoint "
                         f"{latest.checkpoint.tree_size} sealed more: it was truncated "
                         "(run `satchel audit verify`)"
@@ -726,11 +726,11 @@ class AuditLog:
 
         Events up to the latest checkpoint are taken by their stored leaf hashes and
         must reproduce its root. Later events are decoded and must chain: each names
-        the leaf hash of the one before. Raises :class:`AuditError` otherwise.
+        the leaf hash of the one before. Raises :class:`AuditIntegrityError` otherwise.
         """
         tree = self._tree
         if tree.size > size:
-            raise AuditError(
+            raise AuditIntegrityError(
                 f"the audit log ends at event {size}, but event {tree.size} was already "
                 "sealed: it was truncated (run `satchel audit verify`)"
             )
@@ -774,20 +774,20 @@ class AuditLog:
                     or decoded.previous_hash != self._tree_head
                     or stored_leaf != leaf
                 ):
-                    raise AuditError(
+                    raise AuditIntegrityError(
                         f"audit event {expected} does not chain to the events before it; "
                         "refusing to sign a checkpoint (run `satchel audit verify`)"
                     )
                 tree.append(leaf)
                 self._tree_head = leaf
         if tree.size != size:
-            raise AuditError(
+            raise AuditIntegrityError(
                 f"audit events up to {size} are not all present; refusing to sign a "
                 "checkpoint (run `satchel audit verify`)"
             )
 
     def _check_against(self, latest: Checkpoint, sealed: int) -> None:
-        """Raise :class:`AuditError` unless the tree's first ``sealed`` leaves give its root."""
+        """Raise :class:`AuditIntegrityError` unless the first ``sealed`` leaves give its root."""
         if self._tree.size == sealed and self._tree.root() == latest.root_hash:
             return
         if self._tree.size > sealed:
@@ -795,7 +795,7 @@ class AuditLog:
         # Start over next time: the tree no longer describes a log we can vouch for.
         self._tree = MerkleAccumulator()
         self._tree_head = GENESIS_HASH
-        raise AuditError(
+        raise AuditIntegrityError(
             f"the stored audit events no longer match checkpoint {sealed}; refusing to "
             "sign a new one (run `satchel audit verify`)"
         )
@@ -828,7 +828,7 @@ class AuditLog:
         try:
             checkpoint = self._verifier.verify(note)
         except ProofError as e:
-            raise AuditError(
+            raise AuditIntegrityError(
                 f"the latest audit checkpoint in SQL does not verify ({e}); "
                 "run `satchel audit verify`"
             ) from e
@@ -855,7 +855,7 @@ class AuditLog:
         ``since`` is inclusive, ``until`` exclusive; a page past the last is the last
         page (a stale link, or fewer matches since). Raises ``ValueError`` for a page
         below 1, ``per_page`` outside 1..500 or a naive time; :class:`AuditUnavailable`;
-        :class:`AuditError` if a selected entry is damaged.
+        :class:`AuditIntegrityError` if a selected entry is damaged.
         """
         if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError(f"page must be at least 1 and per_page between 1 and {MAX_PER_PAGE}")
@@ -889,7 +889,7 @@ class AuditLog:
     def events(self, where: EventFilter = EventFilter()) -> Iterator[RecordedEvent]:
         """Stream matching events oldest first, in bounded memory (for exports).
 
-        Raises :class:`AuditUnavailable` and :class:`AuditError` like :meth:`query`.
+        Raises :class:`AuditUnavailable` and :class:`AuditIntegrityError` like :meth:`query`.
         """
         try:
             with (
@@ -924,7 +924,7 @@ class AuditLog:
 
         Seals the log first if the event is not yet covered. Reads every leaf hash once,
         in bounded memory. Raises :class:`EventNotFound`, :class:`AuditUnavailable`, and
-        :class:`AuditError` if the stored events no longer match the checkpoint.
+        :class:`AuditIntegrityError` if the stored events no longer match the checkpoint.
         """
         recorded = self.get(sequence)
         signed = self.checkpoint()
@@ -958,9 +958,9 @@ class AuditLog:
         except SQLAlchemyError as e:
             raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
         except (ValueError, TypeError) as e:  # a stored leaf hash that is not 32 bytes
-            raise AuditError(f"a stored leaf hash is damaged: {e}") from e
+            raise AuditIntegrityError(f"a stored leaf hash is damaged: {e}") from e
         if whole.size != size or whole.root() != root:
-            raise AuditError(
+            raise AuditIntegrityError(
                 f"the stored audit events no longer match checkpoint {size} "
                 "(run `satchel audit verify`)"
             )
@@ -969,7 +969,9 @@ class AuditLog:
             # Never hand out a proof that does not verify.
             verify_inclusion(recorded.leaf_hash, index, size, hashes, root)
         except ProofError as e:
-            raise AuditError(f"event {sequence} does not match checkpoint {size}: {e}") from e
+            raise AuditIntegrityError(
+                f"event {sequence} does not match checkpoint {size}: {e}"
+            ) from e
         return InclusionProof(recorded, signed, hashes)
 
     def verify(self, *, workers: int = 1) -> VerifyReport:
@@ -985,7 +987,7 @@ def _recorded(sequence: int, entry: bytes) -> RecordedEvent:
     try:
         decoded = decode_entry(entry)
     except ValueError as e:
-        raise AuditError(
+        raise AuditIntegrityError(
             f"audit event {sequence} is damaged ({e}); run `satchel audit verify`"
         ) from e
     return RecordedEvent(

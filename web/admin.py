@@ -1,7 +1,8 @@
 """The admin's pages. Every route needs a signed-in admin (deny by default).
 
 Create registrar, compliance and guardian accounts (without a password), disable
-accounts, and issue one-time password-set links.
+accounts, and, in the embedded mode only, issue one-time password-set links. Elsewhere
+an operator makes links on the server with ``satchel user link EMAIL``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import uuid
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from folders.errors import Conflict, InvalidInput
+from folders.errors import Conflict, Forbidden, InvalidInput
 from folders.models import Role
 from web import pages
 from web.auth import current_actor, guard_role
@@ -22,6 +23,19 @@ guard_role(bp, Role.ADMIN)
 
 # Administrators are made at the server's command line (`satchel user add`), not here.
 CREATABLE_ROLES = (Role.REGISTRAR, Role.COMPLIANCE, Role.GUARDIAN)
+
+LINK_COMMAND = "satchel user link"
+
+
+def _links_on_screen() -> bool:
+    """Whether this page may make password links and show them to the admin.
+
+    SECURITY: only in the embedded (single-machine) mode. A production deployment never
+    puts a link on an admin's screen, and Satchel has no mail to send one by, so a link
+    made here could reach nobody; and making one stops every earlier unused link for
+    the account, which would silently break a link an operator already delivered.
+    """
+    return runtime().settings.embedded
 
 
 @bp.get("/")
@@ -40,6 +54,8 @@ def _home(errors: dict[str, str], values: dict[str, str], status: int = 200) -> 
         roles=CREATABLE_ROLES,
         errors=errors,
         values=values,
+        links_on_screen=_links_on_screen(),
+        link_command=LINK_COMMAND,
     )
     return page if status == 200 else (page, status)
 
@@ -59,7 +75,14 @@ def create_user() -> ResponseReturnValue:
         )
     except (InvalidInput, Conflict) as e:
         return _home({"email": e.public_message}, values, 400)
-    flash(f"The {user.role.value} account {user.email} is created. Send them a password link.")
+    if _links_on_screen():
+        next_step = "Give them a password link (the Password link button) to set a password."
+    else:
+        next_step = (
+            f"It has no password yet: an operator makes a password link on the server with "
+            f"`{LINK_COMMAND} {user.email}` and gives it to them privately."
+        )
+    flash(f"The {user.role.value} account {user.email} is created. {next_step}")
     return redirect(url_for("admin.home"))
 
 
@@ -76,13 +99,22 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
 
 @bp.post("/users/<uuid:user_id>/password-link")
 def password_link(user_id: uuid.UUID) -> ResponseReturnValue:
+    """Make a link and show it: the embedded mode only (see :func:`_links_on_screen`).
+
+    Elsewhere the request is refused (403) before anything is issued, so earlier links
+    keep working and no issue is audited: the button is not offered there, and only a
+    stale page or a hand-made request gets here.
+    """
+    if not _links_on_screen():
+        raise Forbidden(
+            "Password links are not made on this page in this setup. An operator makes "
+            f"one on the server with `{LINK_COMMAND} EMAIL` and gives it to the account's "
+            "owner privately. No link was made; earlier links still work."
+        )
     try:
         link = runtime().onboarding.issue(current_actor(), user_id)
     except InvalidInput as e:
         flash(e.public_message, "error")
         return redirect(url_for("admin.home"))
-    # SECURITY: the link is shown only in the embedded (single-machine) mode; production
-    # deployments deliver it by their own channel and never put it on an admin's screen.
-    shown = runtime().settings.embedded
-    url = url_for("auth.set_password", token=link.token, _external=True) if shown else None
+    url = url_for("auth.set_password", token=link.token, _external=True)
     return render_template("admin/link.html", title="Password link", link=link, url=url)

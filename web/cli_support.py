@@ -36,7 +36,7 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
             detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
             raise click.ClickException(detail) from e
         except DatabaseUnavailable.CAUSES as e:
-            outage = DatabaseUnavailable.from_cause(e)
-            raise click.ClickException(f"the database is unavailable: {outage}") from e
+            # Its text already reads "the database is unavailable: <driver's reason>".
+            raise click.ClickException(str(DatabaseUnavailable.from_cause(e))) from e
 
     return wrapper

@@ -6,12 +6,15 @@ disclosures. Compliance reads the trail, never the records themselves.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import uuid
 from datetime import timedelta
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from audit.errors import AuditIntegrityError
 from audit.events import Action, Outcome
 from audit.export import ExportFormat
 from folders.errors import NotFound
@@ -20,6 +23,8 @@ from folders.trail import TrailQuery
 from web import pages
 from web.auth import current_actor, guard_role
 from web.context import runtime
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("compliance", __name__, url_prefix="/compliance")
 guard_role(bp, Role.COMPLIANCE)
@@ -116,7 +121,14 @@ def export_csv() -> ResponseReturnValue:
     if errors:
         return home()  # the search page, showing what is wrong with the filters
     chunks = runtime().trail.export(current_actor(), query, ExportFormat.CSV)
-    response = Response(chunks, mimetype="text/csv")
+    # The first batch is read here, before the status line is sent: a damaged event in
+    # it (or a failure to read) gets its error page instead of a 200 with a cut-off file.
+    # A failure further on can only cut the download off, which the browser reports.
+    first = next(chunks, b"")
+    response = Response(itertools.chain((first,), chunks), mimetype="text/csv")
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        response.call_on_close(close)  # a client that goes away frees the connection
     response.headers["Content-Disposition"] = 'attachment; filename="satchel-audit.csv"'
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -126,9 +138,23 @@ def export_csv() -> ResponseReturnValue:
 def verify() -> str:
     actor = current_actor()
     result = runtime().trail.verify(actor) if request.method == "POST" else None
-    latest = result.latest_checkpoint if result else runtime().trail.latest_checkpoint(actor)
+    latest = result.latest_checkpoint if result else None
+    latest_does_not_verify = False
+    if result is None:
+        try:
+            latest = runtime().trail.latest_checkpoint(actor)
+        except AuditIntegrityError as e:
+            # A stored checkpoint whose signature does not verify (a DBA edited the
+            # table) must not take this page down with it: verifying is how an officer
+            # finds out what happened. An outage still raises (503).
+            log.error("audit trail integrity check failed: %s", e)
+            latest_does_not_verify = True
     return render_template(
-        "compliance/verify.html", title="Verify the audit log", result=result, latest=latest
+        "compliance/verify.html",
+        title="Verify the audit log",
+        result=result,
+        latest=latest,
+        latest_does_not_verify=latest_does_not_verify,
     )
 
 

@@ -2,8 +2,9 @@
 
 Not found and not yours are both 404; a refused file is 422 (413 when too large);
 an unavailable object store, audit log or database is 503. A document whose object is
-missing from the store is a 500: the record exists, its content was lost. ``docs/operations.md``
-lists every status with its cause and what an operator does about it.
+missing from the store is a 500: the record exists, its content was lost. An audit trail
+that fails an integrity check is a 500 that says so. ``docs/operations.md`` lists every
+status with its cause and what an operator does about it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from audit.errors import AuditError, AuditUnavailable
+from audit.errors import AuditError, AuditIntegrityError, AuditUnavailable
 from folders.errors import (
     AuthenticationFailed,
     Conflict,
@@ -42,6 +43,12 @@ _FOLDERS_STATUS: list[tuple[type[FoldersError], int]] = [
 ]
 
 
+AUDIT_INTEGRITY_MESSAGE = (
+    "The audit trail failed an integrity check, so none of it is shown. "
+    "An operator must run `satchel audit verify`."
+)
+
+
 def status_for(error: Exception) -> int:
     """The HTTP status for a Satchel error."""
     if isinstance(error, FoldersError):
@@ -52,11 +59,15 @@ def status_for(error: Exception) -> int:
         return 422
     if isinstance(error, StorageUnavailable | AuditUnavailable):
         return 503
+    # An AuditIntegrityError is a 500, not a 503: a 503 says "try again in a few
+    # minutes", but this lasts until someone investigates (like a stored document that
+    # fails its integrity check). Its page says what it is (AUDIT_INTEGRITY_MESSAGE).
     return 500
 
 
-def _render(code: int, message: str) -> tuple[str, int]:
-    return render_template("error.html", code=code, message=message), code
+def _render(code: int, message: str, heading: str | None = None) -> tuple[str, int]:
+    page = render_template("error.html", code=code, message=message, heading=heading)
+    return page, code
 
 
 def init_app(app: Flask, *, max_upload_mb: int) -> None:
@@ -67,6 +78,13 @@ def init_app(app: Flask, *, max_upload_mb: int) -> None:
     @app.errorhandler(AuditError)
     def _satchel_error(error: Exception) -> tuple[str, int]:
         code = status_for(error)
+        if isinstance(error, AuditIntegrityError):
+            # SECURITY: a trail that does not check out is never shown as if it were
+            # fine, not even in part; the log has the detail (which event, which check).
+            log.error("audit trail integrity check failed: %s", error)
+            return _render(
+                code, AUDIT_INTEGRITY_MESSAGE, "The audit trail failed an integrity check"
+            )
         if code >= 500:
             log.error("request failed: %s", error)
         return _render(code, getattr(error, "public_message", "The request failed."))

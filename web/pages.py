@@ -10,11 +10,23 @@ from folders.categories import RETENTION, Category
 from folders.grants import GrantInfo
 from folders.models import GrantScope
 
+MAX_PAGE_DIGITS = 6  # page 999,999 at most: far past any real list, and cheap to parse
+
 
 def page_number() -> int:
-    """The ``page`` query parameter as a positive number (1 when absent or malformed)."""
+    """The ``page`` query parameter as a positive number.
+
+    Only plain ASCII decimals of at most :data:`MAX_PAGE_DIGITS` digits count; anything
+    else (absent, empty, ``0``, ``-1``, ``²``, Arabic-Indic digits, a thousand nines) is
+    page 1. A page past the last is for the service to clamp.
+    """
     raw = request.args.get("page", "1")
-    return int(raw) if raw.isdigit() and 0 < int(raw) < 1_000_000 else 1
+    # str.isdigit() alone also accepts superscripts and other scripts' digits, some of
+    # which int() refuses (a 500 on every list); isascii() leaves just 0-9. The length
+    # bound keeps int() from meeting its 4,300-digit limit or doing needless work.
+    if raw.isascii() and raw.isdigit() and len(raw) <= MAX_PAGE_DIGITS:
+        return max(int(raw), 1)
+    return 1
 
 
 def form_text(name: str) -> str:

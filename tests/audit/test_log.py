@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import CheckpointSigner, CheckpointVerifier
-from audit.errors import AuditError, AuditUnavailable
+from audit.errors import AuditIntegrityError, AuditUnavailable
 from audit.events import (
     GENESIS_HASH,
     USER_AGENT_LIMIT,
@@ -531,10 +531,10 @@ def test_no_checkpoint_is_signed_over_rewritten_history(engine: Engine, tmp_path
     dba.run("UPDATE audit_head SET last_leaf_hash = :h", h=forged["leaf_hash"])
     restarted = make_log(engine, tmp_path)
     restarted.record(sample_event(11))
-    with pytest.raises(AuditError, match="no longer match checkpoint 10"):
+    with pytest.raises(AuditIntegrityError, match="no longer match checkpoint 10"):
         restarted.checkpoint()
     # An event tampered with after sealing is refused by a process that already knew it.
-    with pytest.raises(AuditError, match="does not chain"):
+    with pytest.raises(AuditIntegrityError, match="does not chain"):
         log.checkpoint()
     assert _count(engine, "audit_checkpoints") == 1
 
@@ -728,7 +728,7 @@ def test_prove_refuses_when_the_log_no_longer_matches_its_checkpoint(
     dba = DBA(engine)
     dba.disable_triggers()
     dba.run("UPDATE audit_events SET leaf_hash = :h WHERE sequence = 2", h=bytes(32))
-    with pytest.raises(AuditError, match="no longer match"):
+    with pytest.raises(AuditIntegrityError, match="no longer match"):
         log.prove(4)
 
 

@@ -581,11 +581,10 @@ def test_admin_pages_show_display_names_as_text(
     home = client.get("/admin/")
     assert home.status_code == 200
     assert_shown_as_text(home.get_data(as_text=True), marked.guardian_name)
-    link = post(client, f"/admin/users/{marked.guardian_id}/password-link")
-    assert link.status_code == 200
-    # The name is on the page only where the link itself is shown (the embedded mode).
-    shown = (marked.guardian_name,) if runtime.settings.embedded else ()
-    assert_shown_as_text(link.get_data(as_text=True), *shown)
+    if runtime.settings.embedded:  # elsewhere this page makes no links (403)
+        link = post(client, f"/admin/users/{marked.guardian_id}/password-link")
+        assert link.status_code == 200
+        assert_shown_as_text(link.get_data(as_text=True), marked.guardian_name)
     made = post(
         client, "/admin/users", {"email": payload("email"), "role": "guardian", "display_name": "x"}
     )

@@ -4,9 +4,11 @@ import re
 from datetime import timedelta
 
 from flask import Flask
+from sqlalchemy import func, select
 
 from audit.events import Action
-from folders.models import Role
+from folders.actor import Actor
+from folders.models import PasswordToken, Role
 from folders.onboarding import Onboarding
 from folders.runtime import Runtime
 from tests.support.people import Cast
@@ -96,20 +98,67 @@ def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     assert client.get("/admin/").status_code == 200
 
 
-def test_password_link_is_shown_in_embedded_mode_only(
+def _token_rows(runtime: Runtime) -> int:
+    with runtime.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(PasswordToken)).scalar_one()
+
+
+def _issued(runtime: Runtime) -> list[str]:
+    return [
+        e.event.detail
+        for e in events(runtime, Action.USER_UPDATE)
+        if e.event.detail.endswith("password-set link issued")
+    ]
+
+
+def test_password_links_are_made_on_screen_in_the_embedded_mode_only(
     app: Flask, runtime: Runtime, cast: Cast
 ) -> None:
+    # What an operator ran first: `satchel user link parent@home.example`.
+    delivered = runtime.onboarding.issue(Actor.operator(), cast.parent.user_id).token
     client = signed_in(app, cast.admin.email)
-    page = post(client, f"/admin/users/{cast.parent.user_id}/password-link").get_data(as_text=True)
-    link = re.search(r'value="(http://[^"]+/set-password/[^"]+)"', page)
+    button = f'action="/admin/users/{cast.parent.user_id}/password-link"'
+    home = client.get("/admin/").text
+    response = post(client, f"/admin/users/{cast.parent.user_id}/password-link")
+    page = response.get_data(as_text=True)
     if runtime.settings.embedded:
+        assert button in home and "satchel user link" not in home
+        assert response.status_code == 200
+        link = re.search(r'value="(http://[^"]+/set-password/[^"]+)"', page)
         assert link is not None
         path = link.group(1).split("localhost", 1)[1]
         assert client.get(path).status_code == 200
+        # As documented on the page: the new link replaces the earlier one.
+        assert client.get(f"/set-password/{delivered}").status_code == 404
+        assert _token_rows(runtime) == 2
+        assert len(_issued(runtime)) == 2
     else:
-        assert link is None and "not shown on screen" in page
-    [issued] = [e for e in events(runtime, Action.USER_UPDATE)]
-    assert issued.event.detail == f"{cast.parent.email}: password-set link issued"
+        # No button; the page names the command that makes links instead.
+        assert button not in home and "<code>satchel user link EMAIL</code>" in home
+        # A stale page or a hand-made request is refused, and nothing is issued: the
+        # link the operator delivered still works, no token row, no audited issue.
+        assert response.status_code == 403
+        assert "satchel user link EMAIL" in page and "No link was made" in page
+        assert "/set-password/" not in page
+        assert client.get(f"/set-password/{delivered}").status_code == 200
+        assert _token_rows(runtime) == 1
+        assert len(_issued(runtime)) == 1
+    assert _issued(runtime)[0] == f"{cast.parent.email}: password-set link issued"
+
+
+def test_the_account_created_notice_names_the_way_to_a_password(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.admin.email)
+    made = post(client, "/admin/users", {"email": "new.parent@home.example", "role": "guardian"})
+    assert made.status_code == 302
+    notice = client.get("/admin/").text
+    assert "The guardian account new.parent@home.example is created." in notice
+    if runtime.settings.embedded:
+        assert "the Password link button" in notice and "satchel user link" not in notice
+    else:
+        assert "`satchel user link new.parent@home.example`" in notice
+        assert "Password link button" not in notice
 
 
 def test_set_password_with_a_one_time_link(

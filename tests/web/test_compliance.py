@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import re
@@ -12,6 +13,7 @@ from audit.events import Action, Outcome
 from folders.disclosures import DEFAULT_PURPOSE
 from folders.errors import NotFound
 from folders.runtime import Runtime
+from tests.audit.test_tamper import DBA
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import Clock, events, post, share_folder, signed_in, upload_pdf
@@ -149,6 +151,78 @@ def test_verify_shows_result_and_latest_checkpoint(
     assert size is not None and f"<dd>{size.checkpoint.tree_size}</dd>" in html
     [verified] = events(runtime, Action.AUDIT_VERIFY)
     assert verified.event.outcome is Outcome.ALLOWED and verified.event.detail.startswith("ok")
+
+
+def _forge_latest_checkpoint(runtime: Runtime) -> int:
+    """Replace the root hash in the newest SQL checkpoint's signed note, as a DBA could;
+    its signature then no longer verifies. Returns the checkpoint's tree size."""
+    signed = runtime.audit_log.checkpoint()
+    size = signed.checkpoint.tree_size
+    lines = signed.note.split(b"\n")
+    lines[2] = base64.b64encode(bytes(32))  # origin, tree size, root hash, ...
+    dba = DBA(runtime.engine)
+    dba.disable_triggers()
+    dba.run(
+        "UPDATE audit_checkpoints SET note = :note WHERE tree_size = :size",
+        note=b"\n".join(lines),
+        size=size,
+    )
+    return size
+
+
+def test_verify_page_works_when_the_latest_checkpoint_does_not_verify(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    _story(runtime, cast)
+    size = _forge_latest_checkpoint(runtime)
+    client = signed_in(app, cast.compliance.email)
+
+    page = client.get("/compliance/verify")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "The latest checkpoint does not verify" in html and "satchel audit verify" in html
+    assert "Events sealed" not in html  # the forged checkpoint is not shown as if fine
+    assert 'action="/compliance/verify"' in html and "Verify now</button>" in html
+
+    report = post(client, "/compliance/verify")
+    html = report.get_data(as_text=True)
+    assert report.status_code == 200
+    assert "The log does not verify" in html and "(bad_signature)" in html
+    assert f"First bad event: {size}</strong>" in html
+    assert "Latest checkpoint that verifies" in html
+    [verified] = events(runtime, Action.AUDIT_VERIFY)
+    assert verified.event.outcome is Outcome.ERROR
+    assert verified.event.detail.startswith(f"failed at event {size}")
+
+
+def test_a_damaged_event_is_an_integrity_error_not_a_page_of_results(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    _story(runtime, cast)
+    [download] = events(runtime, Action.DOCUMENT_DOWNLOAD)
+    dba = DBA(runtime.engine)
+    dba.disable_triggers()
+    dba.run(
+        "UPDATE audit_events SET entry = :entry WHERE sequence = :sequence",
+        entry=b'{"not": "an audit entry"}',
+        sequence=download.sequence,
+    )
+    compliance = signed_in(app, cast.compliance.email)
+    parent = signed_in(app, cast.parent.email)
+    for client, url in (
+        (compliance, "/compliance/"),
+        (compliance, f"/compliance/?student={cast.child.district_id}"),
+        (compliance, "/compliance/export.csv"),
+        (compliance, f"/compliance/students/{cast.child.id}/disclosures"),
+        (parent, f"/guardian/students/{cast.child.id}/history"),
+    ):
+        response = client.get(url)
+        html = response.get_data(as_text=True)
+        assert response.status_code == 500, url
+        assert response.mimetype == "text/html", url
+        assert "<h1>The audit trail failed an integrity check</h1>" in html, url
+        assert "run `satchel audit verify`" in html, url
+        assert '<th scope="row">' not in html and "Something went wrong" not in html, url
 
 
 def test_printable_record_of_disclosures(app: Flask, runtime: Runtime, cast: Cast) -> None:

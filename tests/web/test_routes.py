@@ -257,3 +257,30 @@ def test_every_page_has_lang_one_h1_labelled_fields_and_scoped_headers(
             assert page.inline == [], rule.rule
             checked += 1
     assert checked >= 12
+
+
+# Values of ``page=`` that are not a plain positive decimal (or absurdly long): each is
+# page 1. "²" and "\u0661" (Arabic-Indic one) pass str.isdigit(); int() refuses the first.
+NOT_A_PAGE = ("²", "\u0661", "-1", "0", "99999999999999999999", "9" * 5000, "", "+2", " 2", "2.0")
+
+
+def test_a_page_that_is_not_a_plain_positive_decimal_is_the_first(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    for n in range(60):
+        runtime.students.add_student(cast.registrar, f"P-{n:02d}", "Paged", f"Student{n:02d}")
+    registrar = signed_in(app, cast.registrar.email)
+    compliance = signed_in(app, cast.compliance.email)
+    # The reported request, byte for byte: a superscript two.
+    assert registrar.get("/registrar/?page=%C2%B2").status_code == 200
+    lists = (
+        (registrar, "/registrar/", {}),  # 62 students, 25 a page
+        (compliance, "/compliance/", {"action": "student.create"}),  # 62 events, 50 a page
+    )
+    for client, url, args in lists:
+        second = client.get(url, query_string={**args, "page": "2"})
+        assert second.status_code == 200 and "Page 2 of " in second.text, url
+        for raw in NOT_A_PAGE:
+            response = client.get(url, query_string={**args, "page": raw})
+            assert response.status_code == 200, (url, raw)
+            assert "Page 1 of " in response.text, (url, raw)
