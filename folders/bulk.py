@@ -57,7 +57,8 @@ from folders.documents import Documents, check_school_year, parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion, IngestIntent
 from folders.policy import Permission, Resource, decide
-from folders.students import StudentInfo, Students, clean_text
+from folders.students import StudentInfo, Students
+from folders.text import clean_text
 from storage.envelope import ObjectIdentity
 from storage.errors import ContentRejected, StorageError, StorageUnavailable
 from storage.ingest import Spool, Vault

@@ -42,7 +42,7 @@ from folders.models import (
     Student,
 )
 from folders.policy import GrantFacts, GuardianLink, Permission, Resource, decide
-from folders.students import clean_text
+from folders.text import clean_text
 from storage.envelope import ObjectIdentity
 from storage.errors import StorageError
 from storage.ingest import SealedRef, Spool, StoredFile, Vault

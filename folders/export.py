@@ -34,7 +34,7 @@ from folders.documents import Documents
 from folders.errors import FoldersError, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion, Student
 from folders.policy import Permission, Resource, decide
-from folders.students import clean_text
+from folders.text import clean_text
 from storage.errors import StorageError
 
 MANIFEST_NAME = "manifest.json"

@@ -20,7 +20,10 @@ from folders.documents import parse_category
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import Document, Grant, GrantScope, Guardianship, Role, Student, User
 from folders.policy import GrantFacts, GuardianLink, Permission, Reason, Resource, decide
-from folders.students import clean_text
+from folders.text import clean_text
+
+GUARDIANSHIP_ENDED = "guardianship ended"
+"""The reason recorded on the grants revoked because their guardian's link ended."""
 
 
 class GrantStatus(StrEnum):

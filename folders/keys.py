@@ -18,7 +18,7 @@ from folders.auditing import event_for
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide
-from folders.students import clean_text
+from folders.text import clean_text
 from storage.envelope import ObjectIdentity
 from storage.keyring import Keyring
 from storage.objects import ObjectStore

@@ -35,10 +35,10 @@ from folders.accounts import normalize_email
 from folders.actor import Actor
 from folders.auditing import event_for
 from folders.errors import Forbidden, InvalidInput
-from folders.grants import revoke_guardian_grants
+from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
 from folders.policy import Permission, Resource, decide
-from folders.students import GUARDIANSHIP_ENDED, clean_text
+from folders.text import clean_text
 
 USERS = "users.csv"
 ROLES = "roles.csv"

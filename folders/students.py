@@ -15,12 +15,11 @@ from audit.events import Action, Outcome
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
 from folders.auditing import event_for
-from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, NotFound
+from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
 from folders.policy import Decision, GuardianLink, Permission, Resource, decide
-
-GUARDIANSHIP_ENDED = "guardianship ended"
-"""The reason recorded on the grants revoked because their guardian's link ended."""
+from folders.text import clean_text
 
 # What a staff search matches each term in: names and ids, lower-cased, space-separated
 # (terms never hold a space, so none matches across two fields). On PostgreSQL migration
@@ -65,20 +64,6 @@ class GuardianInfo:
     restricted: bool
     restriction_reason: str | None
     ended_at: datetime | None
-
-
-def clean_text(value: str, field: str, *, max_length: int, required: bool = True) -> str | None:
-    """Strip and bound a free-text value; InvalidInput naming ``field`` when bad."""
-    cleaned = " ".join(value.split()) if value else ""
-    if not cleaned:
-        if required:
-            raise InvalidInput(f"The {field} is required.")
-        return None
-    if len(cleaned) > max_length:
-        raise InvalidInput(f"The {field} is longer than {max_length} characters.")
-    if any(ord(c) < 32 for c in cleaned):
-        raise InvalidInput(f"The {field} contains control characters.")
-    return cleaned
 
 
 class Students:
@@ -372,10 +357,6 @@ class Students:
         self, session: Session, actor: Actor, guardian_id: uuid.UUID, student_id: uuid.UUID
     ) -> None:
         """Revoke the guardian's grants on the student still in force, in ``session``."""
-        # Imported here: folders.grants imports this module (clean_text), directly and
-        # through folders.documents, so a module-level import would be circular.
-        from folders.grants import revoke_guardian_grants
-
         revoke_guardian_grants(
             session,
             self._audit,

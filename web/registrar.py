@@ -28,7 +28,7 @@ from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
 from folders.documents import DocumentInfo, check_school_year, parse_category
 from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
 from folders.models import GrantScope, Relationship, Role
-from folders.students import clean_text
+from folders.text import clean_text
 from storage.errors import ContentRejected, StorageError
 from web import pages
 from web.auth import current_actor, guard_role

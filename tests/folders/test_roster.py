@@ -29,7 +29,7 @@ from folders.roster import (
     read_roster,
 )
 from folders.runtime import Runtime
-from folders.students import clean_text
+from folders.text import clean_text
 from web.cli import cli
 
 FIXTURES = Path(__file__).parent / "roster_fixtures"

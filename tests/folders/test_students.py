@@ -11,10 +11,9 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Outcome
 from folders.actor import Actor
 from folders.errors import Forbidden, NotFound
-from folders.grants import GrantStatus
+from folders.grants import GUARDIANSHIP_ENDED, GrantStatus
 from folders.models import GrantScope, Guardianship
 from folders.runtime import Runtime
-from folders.students import GUARDIANSHIP_ENDED
 from tests.support.people import Cast, upload_pdf
 
 

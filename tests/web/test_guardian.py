@@ -9,9 +9,9 @@ from flask import Flask
 from audit.events import Action, Outcome
 from folders.categories import Category
 from folders.disclosures import DEFAULT_PURPOSE
+from folders.grants import GUARDIANSHIP_ENDED
 from folders.models import GrantScope
 from folders.runtime import Runtime
-from folders.students import GUARDIANSHIP_ENDED
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import Clock, events, share_folder, signed_in, upload_pdf
