@@ -118,8 +118,11 @@ def serve(bind: str | None, workers: int | None) -> None:
         str(workers or settings.workers),
         "--access-logfile",
         "-",
+        # SECURITY: gunicorn trusts no forwarded header itself (by default it would take
+        # X-Forwarded-Proto from 127.0.0.1); the app's ProxyFix, set by the proxy_hops
+        # setting, is the one place that does.
         "--forwarded-allow-ips",
-        "127.0.0.1",
+        "",
         "web.wsgi:application",
     ]
     click.echo(f"Satchel listening on http://{bind or settings.bind}/ (Ctrl-C stops)")

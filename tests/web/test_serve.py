@@ -10,9 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.support.seaweedfs import free_port
 from tests.support.serve import SATCHEL, clean_environment, serving
+from web.cli import cli
 
 
 def run(*args: str, env: dict[str, str]) -> str:
@@ -68,3 +70,18 @@ def test_serve_restart_keeps_everything(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "keys" / "keyring.json").read_bytes() == keyring
     status = run("keys", "status", env=env).splitlines()[1].split()
     assert status[-1] == "6"  # the demo's six documents are still there, under key v1
+
+
+def test_serve_leaves_forwarded_headers_to_the_proxy_hops_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn trusts no X-Forwarded-* header itself (its default trusts 127.0.0.1)."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("web.cli.os.execv", lambda _path, argv: started.append(list(argv)))
+    env = {"SATCHEL_DATA_DIR": str(tmp_path / "var")}
+    assert CliRunner().invoke(cli, ["init"], env=env).exit_code == 0
+    result = CliRunner().invoke(cli, ["serve", "--bind", "127.0.0.1:8123"], env=env)
+    assert result.exit_code == 0, result.output
+    (argv,) = started
+    assert argv[argv.index("--forwarded-allow-ips") + 1] == ""
+    assert "127.0.0.1:8123" in argv
