@@ -15,6 +15,7 @@ from sqlalchemy import text
 from audit.checkpoint import Checkpoint
 from folders.db import current_revision, head_revision
 from folders.runtime import Runtime
+from storage.ingest import Spool
 from storage.inspect import inspect
 
 
@@ -47,6 +48,7 @@ def run_checks(runtime: Runtime) -> list[CheckResult]:
         ("keyring", _check_keyring),
         ("audit signing key", _check_signer),
         ("content inspection (libmagic)", _check_inspection),
+        ("upload spool", _check_spool),
     ]
     results = []
     for name, check in checks:
@@ -116,6 +118,23 @@ def _check_inspection(runtime: Runtime) -> str:
     if result.mime_type != "image/png":
         raise RuntimeError(f"libmagic identified a PNG as {result.mime_type}")
     return "libmagic and pypdf available"
+
+
+def _check_spool(runtime: Runtime) -> str:
+    # Where Runtime.vault spills uploads larger than its memory spool (the vault itself
+    # is not built here: it needs the keyring, which has a check of its own).
+    directory = runtime.settings.data_dir / "tmp"
+    probe = b"satchel doctor probe"
+    # A spool that holds nothing in memory: the probe goes through a real spill file,
+    # encrypted, and is read back. A missing, unwritable or full directory raises
+    # SpoolUnavailable, which names it.
+    with Spool(io.BytesIO(probe), memory_limit=0, directory=directory) as spool:
+        if spool.in_memory:
+            raise RuntimeError(f"{directory}: the probe did not reach the disk")
+        with spool.open() as view:
+            if view.read() != probe:
+                raise RuntimeError(f"{directory}: read back different bytes")
+    return f"{directory} (encrypted write, read back)"
 
 
 def _describe(error: Exception) -> str:

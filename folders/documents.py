@@ -314,7 +314,7 @@ class Documents:
         return document_info(document, [version])
 
     def upload_version(
-        self, actor: Actor, document_id: uuid.UUID, stream: BinaryIO, filename: str
+        self, actor: Actor, document_id: uuid.UUID, stream: BinaryIO | Spool, filename: str
     ) -> DocumentInfo:
         """Store a corrected file as the document's next version; older versions stay.
 

@@ -6,6 +6,10 @@
 The upload is spooled because inspection needs random access (pypdf seeks). The spool
 stays in memory up to ``memory_spool_bytes`` and then moves to a temporary file that is
 itself encrypted under a throwaway key, so plaintext never rests on the server's disk.
+A parser that pushes an upload rather than being read from (the web's multipart form
+parser) fills a spool through a :class:`SpoolWriter`, or a :class:`SpoolFile` when it
+wants a file object. A spool directory that is missing, full or failing is a
+:class:`SpoolUnavailable` (a StorageUnavailable), never a bare OSError.
 The spool never changes once written, so its SHA-256 is the digest of exactly the bytes
 inspected and encrypted; one held in memory is hashed on another core while it is
 inspected, encrypted and uploaded (the upload mostly waits for the network).
@@ -15,6 +19,7 @@ is atomic, and a failure after it deletes the object again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -38,13 +43,13 @@ from storage.envelope import (
     decrypt,
     sealed_size,
 )
-from storage.errors import IntegrityError, UploadTooLarge
+from storage.errors import IntegrityError, StorageError, StorageUnavailable, UploadTooLarge
 from storage.inspect import Inspection, LimitedReader, inspect, safe_filename
 from storage.keyring import Keyring
 from storage.objects import ObjectStore
 
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 # Spools read their source in pieces this large once they have spilled to disk (or have
 # read more than they expected).
@@ -148,6 +153,22 @@ class Vault:
             size_hint=size_hint,
         )
 
+    @property
+    def memory_spool_bytes(self) -> int:
+        """How much of one upload a spool holds in memory before it spills to disk."""
+        return self._memory_spool_bytes
+
+    def spool_writer(self, *, memory_limit: int | None = None) -> SpoolWriter:
+        """A new :class:`SpoolWriter` under this vault's size limit and spool directory.
+
+        It holds at most ``memory_limit`` bytes in memory (never more than
+        :attr:`memory_spool_bytes`) before it spills. The caller seals or discards it.
+        """
+        limit = self._memory_spool_bytes
+        if memory_limit is not None:
+            limit = max(0, min(memory_limit, limit))
+        return SpoolWriter(memory_limit=limit, directory=self._spool_dir, max_bytes=self.max_bytes)
+
     def store_spooled(
         self, spool: Spool, filename: str, identity: ObjectIdentity, object_key: str
     ) -> StoredFile:
@@ -243,22 +264,185 @@ class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class SpoolUnavailable(StorageUnavailable):
+    """The spool directory refused a spill file or a write to it: it is missing, not a
+    directory, not writable, full, or failing.
+
+    ``str()`` names the directory, what failed and the operating system's reason (for
+    the log and ``satchel doctor``); the public message gives the reason, not the
+    server's path. A StorageUnavailable, so the web answers 503.
+    """
+
+    def __init__(self, directory: Path | None, action: str, error: OSError) -> None:
+        where = str(directory) if directory is not None else tempfile.gettempdir()
+        reason = _os_reason(error)
+        # StorageUnavailable's own text says "object store at ...": this is a directory.
+        StorageError.__init__(self, f"upload spool directory {where}: {action}: {reason}")
+        self.endpoint = where
+        self.detail = f"{action}: {reason}"
+        self.directory = Path(where)
+        self.errno = error.errno
+        cause = os.strerror(error.errno) if error.errno else "an operating system error"
+        self.public_message = (
+            f"The server's temporary space for large uploads failed ({cause}), so this file "
+            "was not stored. Try again later; if it keeps failing, tell an operator "
+            "(`satchel doctor` names the problem)."
+        )
+
+
+def _os_reason(error: OSError) -> str:
+    """The operating system's reason and its errno name: "No space left on device (ENOSPC)"."""
+    if not error.errno:
+        return str(error) or type(error).__name__
+    name = errno.errorcode.get(error.errno, f"errno {error.errno}")
+    return f"{os.strerror(error.errno)} ({name})"
+
+
+class SpoolWriter:
+    """A :class:`Spool` being filled: bytes are pushed in with :meth:`write`, and
+    :meth:`seal` turns what was written into the spool.
+
+    For a source that pushes (a multipart form parser) rather than being read; a spool
+    made from a readable source is filled through one too. What is written stays in
+    memory up to ``memory_limit`` bytes and then moves, encrypted, to a temporary file
+    in ``directory`` (see :class:`Spool`). ``write`` raises UploadTooLarge once more than
+    ``max_bytes`` (when given) would have been written, and SpoolUnavailable when the
+    operating system refuses the spill file or a write to it; either way the writer has
+    dropped all it held and takes nothing more. Seal it, or discard it.
+    """
+
+    def __init__(
+        self, *, memory_limit: int, directory: Path | None, max_bytes: int | None = None
+    ) -> None:
+        self._memory_limit = memory_limit
+        self._directory = directory
+        self._max_bytes = max_bytes
+        # The pieces written so far while in memory (joined once when sealed), else None.
+        self._memory: list[bytes] | None = []
+        self._file: BinaryIO | None = None
+        self._done = False
+        self._key = os.urandom(32)
+        self._nonce = os.urandom(8)
+        # Once spilled, the digest is taken on the way to disk (reading the file back
+        # would cost a decryption); a copy in memory is hashed in one go when first asked.
+        self._spill_digest = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether all that was written is held in memory (nothing has spilled)."""
+        return self._memory is not None
+
+    def write(self, data: ReadableBuffer) -> int:
+        """Add ``data`` at the end; returns its length. Raises UploadTooLarge,
+        SpoolUnavailable, or ValueError once sealed or discarded."""
+        if self._done:
+            raise ValueError("the spool writer is sealed or discarded")
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        if self._max_bytes is not None and self.size + len(chunk) > self._max_bytes:
+            # Nothing past the limit is kept, in memory or on disk.
+            self.discard()
+            raise UploadTooLarge(self._max_bytes)
+        self._append(self.size, chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def seal(self) -> Spool:
+        """The spool of everything written; the writer is done. ValueError if it was
+        sealed or discarded already."""
+        return Spool._of(self)
+
+    def discard(self) -> None:
+        """Drop what was written (the spill file, if any, disappears); idempotent."""
+        self._done = True
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _take(self) -> tuple[bytes, BinaryIO | None, str | None]:
+        """Hand over the bytes held in memory, the spill file and its digest; done."""
+        if self._done:
+            raise ValueError("the spool writer is sealed or discarded")
+        self._done = True
+        data = b"".join(self._memory) if self._memory is not None else b""
+        file, self._file, self._memory = self._file, None, None
+        return data, file, None if file is None else self._spill_digest.hexdigest()
+
+    def _append(self, offset: int, chunk: bytes) -> None:
+        if self._memory is not None and offset + len(chunk) > self._memory_limit:
+            # An unbuffered file: every write goes to the operating system at once,
+            # where the readers' positional reads see it.
+            try:
+                self._file = tempfile.TemporaryFile(dir=self._directory, buffering=0)  # noqa: SIM115
+            except OSError as e:
+                raise self._failed("cannot create a spill file", e) from e
+            start = 0
+            for piece in self._memory:
+                self._spill(start, piece)
+                start += len(piece)
+            self._memory = None
+        if self._memory is not None:
+            self._memory.append(chunk)
+        else:
+            self._spill(offset, chunk)
+
+    def _spill(self, offset: int, data: bytes) -> None:
+        """Hash ``data`` and write it, encrypted, at ``offset`` of the spill file.
+
+        A piece written while the spool was in memory can be as large as the memory
+        limit; it is encrypted and written a megabyte at a time, so its ciphertext never
+        takes as much memory again.
+        """
+        self._spill_digest.update(data)
+        with memoryview(data) as view:
+            for start in range(0, len(view), _COPY_CHUNK):
+                piece = view[start : start + _COPY_CHUNK]
+                self._write_all(_ctr(self._key, self._nonce, offset + start, piece))
+
+    def _write_all(self, data: bytes) -> None:
+        """Write all of ``data`` to the spill file: an unbuffered write may take only part
+        of it (a filling disk takes what fits and refuses the rest on the next call)."""
+        assert self._file is not None
+        done = 0
+        while done < len(data):
+            try:
+                written = self._file.write(data[done:] if done else data)
+            except OSError as e:
+                raise self._failed("cannot write to its spill file", e) from e
+            done += written
+
+    def _failed(self, action: str, error: OSError) -> SpoolUnavailable:
+        self.discard()
+        return SpoolUnavailable(self._directory, action, error)
+
+
 class Spool:
     """A private copy of one upload that can be read at any offset, any number of times.
 
-    The copy is made once, from ``source``, when the spool is created, and never
-    changes afterwards, so ``size`` and ``sha256`` (hex) describe exactly what every
-    :meth:`open` reads. It stays in memory up to ``memory_limit`` bytes and then moves
-    to a temporary file in ``directory``, encrypted with AES-256-CTR under a random key
-    that lives only in this object and unlinked on creation: plaintext never rests on
-    disk and no file outlives the process. CTR allows reading at any offset, which
-    inspection needs. ``size_hint``, the size ``source`` is expected to have, only
-    shapes the reads: a document that fits in memory is asked for whole, and then
-    usually arrives in one piece of its own size, which becomes the spool's bytes
-    without another copy or a larger buffer. Exceptions of ``source``
-    (UploadTooLarge from a size limit) and OSError from the temporary file propagate,
-    and nothing is left behind. Close it (or use it as a context manager) when done.
+    The copy is made once, from ``source``, when the spool is created (or by a
+    :class:`SpoolWriter`), and never changes afterwards, so ``size`` and ``sha256``
+    (hex) describe exactly what every :meth:`open` reads. It stays in memory up to
+    ``memory_limit`` bytes and then moves to a temporary file in ``directory``,
+    encrypted with AES-256-CTR under a random key that lives only in this object and
+    unlinked on creation: plaintext never rests on disk and no file outlives the
+    process. CTR allows reading at any offset, which inspection needs. ``size_hint``,
+    the size ``source`` is expected to have, only shapes the reads: a document that
+    fits in memory is asked for whole, and then usually arrives in one piece of its own
+    size, which becomes the spool's bytes without another copy or a larger buffer.
+    Exceptions of ``source`` (UploadTooLarge from a size limit) propagate, an OSError of
+    the temporary file becomes SpoolUnavailable, and nothing is left behind. Close it
+    (or use it as a context manager) when done.
     """
+
+    size: int
+    _data: bytes
+    _file: BinaryIO | None
+    _key: bytes
+    _nonce: bytes
+    _closed: bool
+    _sha256: str | None
+    _sha256_lock: threading.Lock
 
     def __init__(
         self,
@@ -268,36 +452,31 @@ class Spool:
         directory: Path | None,
         size_hint: int | None = None,
     ) -> None:
-        self._memory_limit = memory_limit
-        self._directory = directory
+        writer = SpoolWriter(memory_limit=memory_limit, directory=directory)
         # While in memory, all that is expected is asked for, and a byte more to see the end.
-        self._expected = memory_limit if size_hint is None else min(size_hint, memory_limit)
-        # The pieces read so far while in memory (joined once at the end), else None.
-        self._memory: list[bytes] | None = []
-        self._data = b""
-        self._file: BinaryIO | None = None
-        self._closed = False
-        self._key = os.urandom(32)
-        self._nonce = os.urandom(8)
-        # Once spilled, the digest is taken on the way to disk (reading the file back
-        # would cost a decryption); a copy in memory is hashed in one go when first asked.
-        self._spill_digest = hashlib.sha256()
-        self._sha256: str | None = None
-        self._sha256_lock = threading.Lock()
-        size = 0
+        expected = memory_limit if size_hint is None else min(size_hint, memory_limit)
         try:
-            while chunk := source.read(self._read_size(size)):
-                self._append(size, chunk)
-                size += len(chunk)
+            while chunk := source.read(_read_size(writer, expected)):
+                writer.write(chunk)
         except BaseException:
-            self.close()
+            writer.discard()
             raise
-        if self._memory is not None:
-            self._data = b"".join(self._memory)
-            self._memory = None
-        else:
-            self._sha256 = self._spill_digest.hexdigest()
-        self.size = size
+        self._adopt(writer)
+
+    @classmethod
+    def _of(cls, writer: SpoolWriter) -> Spool:
+        """The spool of what ``writer`` holds (see :meth:`SpoolWriter.seal`)."""
+        spool = cls.__new__(cls)
+        spool._adopt(writer)
+        return spool
+
+    def _adopt(self, writer: SpoolWriter) -> None:
+        self._data, self._file, self._sha256 = writer._take()
+        self._key = writer._key
+        self._nonce = writer._nonce
+        self._closed = False
+        self._sha256_lock = threading.Lock()
+        self.size = writer.size
 
     @property
     def sha256(self) -> str:
@@ -314,6 +493,11 @@ class Spool:
     def sha256_known(self) -> bool:
         """Whether :attr:`sha256` is computed already, so reading it costs nothing."""
         return self._sha256 is not None
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the copy is held in memory (it did not spill to disk)."""
+        return self._file is None and not self._closed
 
     def open(self) -> BinaryIO:
         """A new read-only, seekable view of the whole copy, positioned at 0.
@@ -336,7 +520,6 @@ class Spool:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._memory = None
         self._data = b""
 
     def __enter__(self) -> Spool:
@@ -350,49 +533,130 @@ class Spool:
     ) -> None:
         self.close()
 
-    def _read_size(self, size: int) -> int:
-        """How much to ask the source for next, having read ``size`` bytes."""
-        remaining = self._expected + 1 - size
-        if self._memory is not None and remaining > 0:
-            return remaining
-        return _COPY_CHUNK
-
-    def _append(self, offset: int, chunk: bytes) -> None:
-        if self._memory is not None and offset + len(chunk) > self._memory_limit:
-            # An unbuffered file: every write goes to the operating system at once,
-            # where the readers' positional reads see it.
-            self._file = tempfile.TemporaryFile(dir=self._directory, buffering=0)  # noqa: SIM115
-            start = 0
-            for piece in self._memory:
-                self._spill(start, piece)
-                start += len(piece)
-            self._memory = None
-        if self._memory is not None:
-            self._memory.append(chunk)
-        else:
-            self._spill(offset, chunk)
-
-    def _spill(self, offset: int, data: bytes) -> None:
-        """Hash ``data`` and write it, encrypted, at ``offset`` of the spill file.
-
-        A piece read while the spool was in memory can be as large as the memory limit;
-        it is encrypted and written a megabyte at a time, so its ciphertext never takes
-        as much memory again.
-        """
-        assert self._file is not None
-        self._spill_digest.update(data)
-        with memoryview(data) as view:
-            for start in range(0, len(view), _COPY_CHUNK):
-                self._file.write(self._crypt(offset + start, view[start : start + _COPY_CHUNK]))
-
     def _crypt(self, offset: int, data: bytes | memoryview) -> bytes:
-        """AES-CTR at byte ``offset``: the counter block is nonce ‖ (offset // 16)."""
-        block, skip = divmod(offset, 16)
-        counter = self._nonce + block.to_bytes(8, "big")
-        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
-        if not skip:
-            return encryptor.update(data)
-        return encryptor.update(bytes(skip) + data)[skip:]
+        return _ctr(self._key, self._nonce, offset, data)
+
+
+def _read_size(writer: SpoolWriter, expected: int) -> int:
+    """How much to ask a source for next, expecting ``expected`` bytes in all."""
+    remaining = expected + 1 - writer.size
+    if writer.in_memory and remaining > 0:
+        return remaining
+    return _COPY_CHUNK
+
+
+def _ctr(key: bytes, nonce: bytes, offset: int, data: bytes | memoryview) -> bytes:
+    """AES-CTR at byte ``offset``: the counter block is nonce ‖ (offset // 16)."""
+    block, skip = divmod(offset, 16)
+    counter = nonce + block.to_bytes(8, "big")
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+    if not skip:
+        return encryptor.update(data)
+    return encryptor.update(bytes(skip) + data)[skip:]
+
+
+class SpoolFile(io.RawIOBase):
+    """The file a parser writes one upload into and then reads back, holding it in a
+    :class:`Spool` meanwhile: what a multipart form parser asks for, one per file.
+
+    What is written goes to ``writer``; the first seek or read seals it into a spool,
+    which later reads come from, and :meth:`spool` hands it over for storing. Closing
+    the file closes the spool.
+
+    An error while writing (UploadTooLarge, SpoolUnavailable) is not raised to the
+    parser, which would fail the whole request without saying which file it was: the
+    file drops what it held, ignores the rest of the upload and rewinds without
+    complaint, and :meth:`spool` (or a read) raises the error, so that a caller storing
+    several files reports it for this one.
+    """
+
+    def __init__(self, writer: SpoolWriter) -> None:
+        super().__init__()
+        self._writer: SpoolWriter | None = writer
+        self._spool: Spool | None = None
+        self._view: BinaryIO | None = None
+        self._error: StorageError | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        """How many bytes of the upload this file holds in memory."""
+        if self._writer is not None:
+            return self._writer.size if self._writer.in_memory else 0
+        if self._spool is not None and self._spool.in_memory:
+            return self._spool.size
+        return 0
+
+    def spool(self) -> Spool:
+        """The spool of the upload (sealed now if it was still being written).
+
+        Raises the error that stopped the writing (UploadTooLarge, SpoolUnavailable),
+        or ValueError once closed. The spool stays this file's: closing it closes both.
+        """
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if self._error is not None:
+            raise self._error
+        if self._spool is None:
+            assert self._writer is not None
+            self._spool, self._writer = self._writer.seal(), None
+        return self._spool
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return self._spool is None
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        if self._spool is not None or self.closed:
+            raise ValueError("the upload was written already")
+        if self._writer is not None:
+            try:
+                self._writer.write(chunk)
+            except (UploadTooLarge, SpoolUnavailable) as e:
+                self._error, self._writer = e, None  # the writer has dropped what it held
+        return len(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._reader().read(size)
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as view, view.cast("B") as target:
+            data = self.read(len(target))
+            target[: len(data)] = data
+            return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self._error is not None:
+            return 0  # the parser rewinds every file it wrote; reading raises the error
+        return self._reader().seek(offset, whence)
+
+    def tell(self) -> int:
+        if self._writer is not None:
+            return self._writer.size
+        if self._error is not None:
+            return 0
+        return self._reader().tell()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        if self._spool is not None:
+            self._spool.close()
+        super().close()
+
+    def _reader(self) -> BinaryIO:
+        if self._view is None:
+            self._view = self.spool().open()
+        return self._view
 
 
 class _SpillReader(io.RawIOBase):

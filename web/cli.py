@@ -165,7 +165,7 @@ def config_show() -> None:
 @cli.command()
 @with_appcontext
 def doctor() -> None:
-    """Check the database, object store, keyring, signing key and libmagic."""
+    """Check the database, object store, keyring, signing key, libmagic and upload spool."""
     results = run_checks(runtime())
     for result in results:
         click.echo(f"{'OK  ' if result.ok else 'FAIL'}  {result.name}: {result.detail}")

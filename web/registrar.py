@@ -30,6 +30,7 @@ from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
 from folders.models import GrantScope, Relationship, Role
 from folders.text import clean_text
 from storage.errors import ContentRejected, StorageError
+from storage.ingest import Spool, SpoolFile
 from web import pages
 from web.auth import current_actor, guard_role
 from web.context import runtime
@@ -147,7 +148,7 @@ def upload_version(document_id: uuid.UUID) -> ResponseReturnValue:
         )
     try:
         info = runtime().documents.upload_version(
-            current_actor(), document_id, cast(BinaryIO, upload.stream), upload.filename
+            current_actor(), document_id, received(upload), upload.filename
         )
     except ContentRejected as e:
         return _document_page(document_id, errors={"file": e.message}, status=status_for(e))
@@ -267,7 +268,7 @@ def _store_one(
         info = runtime().documents.upload(
             actor,
             student_id,
-            cast(BinaryIO, upload_file.stream),
+            received(upload_file),
             name,
             category=category,
             title=title,
@@ -278,6 +279,20 @@ def _store_one(
     except InvalidInput as e:
         return UploadOutcome(name, reason=e.public_message)
     return UploadOutcome(name, document=info)
+
+
+def received(upload_file: FileStorage) -> BinaryIO | Spool:
+    """The uploaded file as it arrived: the encrypted spool the form parser wrote it into
+    (web.app.SpoolingRequest), which is stored without another copy.
+
+    Raises what stopped the spooling: UploadTooLarge (the file is over the limit) or
+    SpoolUnavailable (a StorageUnavailable: the spool directory is missing or full).
+    """
+    stream = upload_file.stream
+    if isinstance(stream, SpoolFile):
+        return stream.spool()
+    # A FileStorage made some other way (never by the app's requests).
+    return cast(BinaryIO, stream)
 
 
 def title_from_filename(filename: str) -> str:

@@ -15,11 +15,26 @@ import pytest
 from minio import Minio
 
 from storage.envelope import ObjectIdentity
-from storage.errors import ContentRejected, IntegrityError, ObjectNotFound, UploadTooLarge
-from storage.ingest import SealedRef, Spool, StoredFile, Vault
+from storage.errors import (
+    ContentRejected,
+    IntegrityError,
+    ObjectNotFound,
+    StorageUnavailable,
+    UploadTooLarge,
+)
+from storage.ingest import (
+    SealedRef,
+    Spool,
+    SpoolFile,
+    SpoolUnavailable,
+    SpoolWriter,
+    StoredFile,
+    Vault,
+)
 from storage.keyring import Keyring
 from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
 from tests.support import samples
+from tests.support.disks import FullDisk, fill_disk, open_files_in
 
 NOW = datetime(2026, 9, 1, tzinfo=UTC)
 MARKER = "Permanent record of Avery Quinn-Marlowe, grade 7"
@@ -446,3 +461,137 @@ def test_100_mb_round_trip_grows_memory_by_less_than_64_mb(
     assert total == size == stored.size
     assert digest.hexdigest() == stored.sha256
     assert peak < 64 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB"
+
+
+# --- the spool directory failing, and spools filled by a parser that pushes -------------
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ("missing", "No such file or directory (ENOENT)"),
+        ("a file", "Not a directory (ENOTDIR)"),
+        ("full", "No space left on device (ENOSPC)"),
+    ],
+)
+def test_a_failing_spool_directory_is_storage_unavailable_naming_it(
+    store: ObjectStore,
+    keyring: Keyring,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: str,
+    reason: str,
+) -> None:
+    spool_dir = tmp_path / "spool"
+    if broken == "a file":
+        spool_dir.write_bytes(b"")
+    elif broken == "full":
+        spool_dir.mkdir()
+        disks = fill_disk(monkeypatch, room=100 * 1024)
+    vault = Vault(
+        store, keyring, max_bytes=8 * 1024 * 1024, spool_dir=spool_dir, memory_spool_bytes=1024
+    )
+    data = samples.make_tiff(pages=40, width=256, height=256)
+    identity, key = new_identity()
+    with pytest.raises(SpoolUnavailable) as raised:
+        vault.store_file(io.BytesIO(data), "scan.tif", identity, key)
+    error = raised.value
+    assert isinstance(error, StorageUnavailable)
+    assert str(spool_dir) in str(error) and reason in str(error)
+    assert error.directory == spool_dir
+    # The page may say why, not where.
+    assert os.strerror(error.errno or 0) in error.public_message
+    assert str(spool_dir) not in error.public_message
+    assert stored_keys(vault.store) == []
+    if broken == "full":
+        assert [d.file.closed for d in disks] == [True]  # the spill file is gone
+        assert "cannot write to its spill file" in str(error)
+    else:
+        assert "cannot create a spill file" in str(error)
+
+
+def test_a_short_write_to_the_spill_file_is_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Trickle(FullDisk):
+        def write(self, data: bytes) -> int:
+            return super().write(data[:1000])  # never more than 1000 bytes at once
+
+    made = fill_disk(monkeypatch, room=10**9, kind=Trickle)
+    data = os.urandom(300_000)
+    with Spool(io.BytesIO(data), memory_limit=10, directory=tmp_path) as spool:
+        assert spool.open().read() == data
+        assert spool.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(made) == 1
+
+
+def test_a_spool_writer_fills_a_spool_pushed_in_pieces(tmp_path: Path) -> None:
+    data = os.urandom(700_000)
+    writer = SpoolWriter(memory_limit=100_000, directory=tmp_path, max_bytes=len(data))
+    for start in range(0, len(data), 64 * 1024):
+        writer.write(memoryview(data)[start : start + 64 * 1024])
+    assert not writer.in_memory and writer.size == len(data)
+    [on_disk] = open_files_in(tmp_path)
+    assert len(on_disk) == len(data) and data[:4096] not in on_disk  # encrypted
+    with writer.seal() as spool:
+        assert not spool.in_memory
+        assert spool.open().read() == data
+        assert spool.sha256 == hashlib.sha256(data).hexdigest()
+    assert open_files_in(tmp_path) == []
+    with pytest.raises(ValueError, match="sealed or discarded"):
+        writer.write(b"more")
+    small = SpoolWriter(memory_limit=100_000, directory=tmp_path)
+    small.write(b"in memory")
+    with small.seal() as spool:
+        assert spool.in_memory and spool.open().read() == b"in memory"
+
+
+def test_a_spool_writer_keeps_nothing_past_the_size_limit(tmp_path: Path) -> None:
+    writer = SpoolWriter(memory_limit=1000, directory=tmp_path, max_bytes=5000)
+    writer.write(b"x" * 4000)
+    assert len(open_files_in(tmp_path)) == 1
+    with pytest.raises(UploadTooLarge):
+        writer.write(b"x" * 1001)
+    assert open_files_in(tmp_path) == []
+    with pytest.raises(ValueError, match="sealed or discarded"):
+        writer.seal()
+
+
+def test_a_spool_file_is_written_rewound_read_and_handed_over(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    file = SpoolFile(SpoolWriter(memory_limit=1000, directory=tmp_path, max_bytes=10**6))
+    for start in range(0, len(data), 64 * 1024):
+        file.write(data[start : start + 64 * 1024])
+    assert file.tell() == len(data) and file.memory_bytes == 0  # spilled
+    file.seek(0)
+    assert file.read(10) == data[:10]
+    assert file.read() == data[10:]
+    spool = file.spool()
+    assert spool.open().read() == data and file.spool() is spool
+    with pytest.raises(ValueError):
+        file.write(b"after the rewind")
+    file.close()
+    assert open_files_in(tmp_path) == []
+    with pytest.raises(ValueError, match="closed"):
+        spool.open()
+
+
+@pytest.mark.parametrize("failure", ["too large", "spool directory missing"])
+def test_a_spool_file_keeps_a_writing_error_for_whoever_takes_the_spool(
+    tmp_path: Path, failure: str
+) -> None:
+    """The parser writes the whole part and rewinds it without an error; taking the
+    spool (or reading) raises it, so the error belongs to this file alone."""
+    directory = tmp_path / "missing" if failure != "too large" else tmp_path
+    writer = SpoolWriter(memory_limit=1000, directory=directory, max_bytes=5000)
+    file = SpoolFile(writer)
+    for _ in range(10):
+        assert file.write(b"y" * 1000) == 1000
+    assert file.seek(0) == 0 and file.memory_bytes == 0
+    assert open_files_in(tmp_path) == []
+    expected = UploadTooLarge if failure == "too large" else SpoolUnavailable
+    with pytest.raises(expected):
+        file.spool()
+    with pytest.raises(expected):
+        file.read()
+    file.close()

@@ -2,14 +2,22 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import re
+import tempfile
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
+from flask.testing import FlaskClient
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import EnvironBuilder, TestResponse, encode_multipart
 
 from audit.errors import AuditUnavailable
 from audit.events import Action
@@ -19,7 +27,9 @@ from folders.grants import GrantStatus
 from folders.models import GrantScope
 from folders.runtime import Runtime
 from storage.errors import StorageUnavailable
+from storage.ingest import SpoolFile
 from tests.support import samples
+from tests.support.disks import open_files_in
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import Clock, events, post, share_folder, signed_in, upload_pdf
@@ -491,3 +501,104 @@ def test_titles_and_names_are_escaped(app: Flask, runtime: Runtime, cast: Cast) 
     client = signed_in(app, cast.registrar.email)
     html = client.get(f"/registrar/students/{cast.child.id}").get_data(as_text=True)
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+# Uploads never rest in plaintext on disk ------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def large_scan(size: int) -> bytes:
+    """A one-page greyscale TIFF of about ``size`` bytes with random pixels, so that no
+    64-byte stretch of it is found anywhere else by chance."""
+    side = math.isqrt(size)
+    data = bytearray(samples.make_tiff(pages=1, width=side, height=side))
+    data[8 : 8 + side * side] = os.urandom(side * side)  # the pixels follow the header
+    return bytes(data)
+
+
+def post_encoded(client: FlaskClient, url: str, fields: dict[str, Any]) -> TestResponse:
+    """POST a multipart form encoded in memory, with the session's CSRF token.
+
+    The test client would otherwise encode a large body into a plaintext temporary file
+    of its own, in the very directory these tests watch.
+    """
+    boundary, body = encode_multipart({**fields, "csrf_token": helpers.csrf(client)})
+    return client.post(url, data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def test_an_uploaded_file_never_rests_in_plaintext_on_the_servers_disk(
+    app: Flask, runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Werkzeug's form parser would write every file part over 500 KB in plaintext to the
+    system temp dir; the app's requests write them into the vault's encrypted spool."""
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    spool_dir = runtime.settings.data_dir / "tmp"
+    data = large_scan(9 * MIB)  # past the 8 MiB held in memory: it spills to disk
+    probes = [data[at : at + 64] for at in (8, len(data) // 2, len(data) - 256)]
+    seen: dict[str, Any] = {}
+
+    @app.before_request
+    def look_at_the_disk() -> None:
+        # After the CSRF check, which has parsed the whole form: every byte has arrived.
+        if request.endpoint == "registrar.upload" and request.method == "POST":
+            seen["stream"] = request.files["files"].stream
+            seen["system temp"] = open_files_in(system_temp)
+            seen["spool"] = open_files_in(spool_dir)
+
+    client = signed_in(app, cast.registrar.email)
+    response = post_encoded(
+        client,
+        f"/registrar/students/{cast.child.id}/upload",
+        {
+            "form": "single",
+            "title": "Scanned folder",
+            "category": "report_card",
+            "school_year": "2025-2026",
+            "files": FileStorage(io.BytesIO(data), filename="scan.tif"),
+        },
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    leaks = [c for c in seen["system temp"] + seen["spool"] if any(p in c for p in probes)]
+    assert len(leaks) == 0, "the upload's plaintext is in a file on disk"
+    assert seen["system temp"] == []
+    assert isinstance(seen["stream"], SpoolFile)
+    [spilled] = seen["spool"]  # the upload's spool file, encrypted
+    assert len(spilled) == len(data)
+    [document] = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    assert document.current.sha256 == hashlib.sha256(data).hexdigest()
+    assert open_files_in(spool_dir) == []  # closed with the request
+
+
+def test_the_files_of_one_request_share_one_memory_allowance(app: Flask, runtime: Runtime) -> None:
+    """However many files a form carries, the request holds about the vault's memory
+    spool in memory; the files past it spill (encrypted), and every one reads back."""
+    files = [os.urandom(5 * MIB) for _ in range(4)]
+    boundary, body = encode_multipart(
+        {
+            "files": [
+                FileStorage(io.BytesIO(f), filename=f"scan-{n}.tif") for n, f in enumerate(files)
+            ]
+        }
+    )
+    environ = EnvironBuilder(
+        method="POST", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    ).get_environ()
+    limit = runtime.vault.memory_spool_bytes
+    with app.request_context(environ):
+        tracemalloc.start()
+        try:
+            received = request.files.getlist("files")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        streams = [f.stream for f in received]
+        assert all(isinstance(s, SpoolFile) for s in streams)
+        held = [s.memory_bytes for s in streams if isinstance(s, SpoolFile)]
+        assert held == [5 * MIB, 0, 0, 0]
+        assert [registrar.received(f).open().read() for f in received] == files
+    # One file in memory (joined once from the parser's pieces) and the parser's buffers;
+    # each file held on its own would be 20 MiB.
+    assert peak < 2 * limit, f"peak traced memory {peak / MIB:.1f} MiB"
