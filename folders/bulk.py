@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -46,8 +47,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import Connection, Engine, Select, bindparam, delete, insert, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
-from sqlalchemy.exc import SQLAlchemyError
 
 from audit.errors import AuditError
 from audit.log import AuditLog
@@ -66,6 +67,8 @@ from storage.objects import ForwardingStore, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+
+_logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("student_id", "category", "title", "school_year", "document_date", "path")
 REPORT_COLUMNS = ("line", *MANIFEST_COLUMNS, "reason", "detail")
@@ -424,9 +427,10 @@ class BulkIngest:
         self._clock = clock
         self._documents = Documents(engine, audit, vault, clock)
         self._intents = IngestIntents(engine)
-        self._lock_wait = lock_wait_seconds
+        self._lock = IngestLock(
+            engine, wait_seconds=lock_wait_seconds, monotonic=monotonic, sleep=sleep
+        )
         self._monotonic = monotonic
-        self._sleep = sleep
         self._student_cache: dict[str, StudentInfo | None] = {}
         self._cache_lock = threading.Lock()
 
@@ -462,7 +466,7 @@ class BulkIngest:
 
         with self._cache_lock:
             self._student_cache.clear()  # students added since the last run count
-        with self._exclusive():
+        with self._lock.held():
             removed = self.recover()
             started = self._monotonic()
             for rejection in manifest.rejected:
@@ -696,10 +700,35 @@ class BulkIngest:
     def _document_with_key(self, key: str) -> uuid.UUID | None:
         return _read_one(self._engine, _DOCUMENT_WITH_KEY, {"key": key})
 
+
+class IngestLock:
+    """The database's exclusive bulk-ingest lock, which every ``satchel ingest`` run holds
+    for its whole duration (and ``satchel fsck --repair`` while it deletes).
+
+    A PostgreSQL session-level advisory lock on a connection held for the block, or
+    ``flock`` on ``<database>.ingest-lock`` beside a SQLite file (nothing for a private
+    in-memory database). Either dies with its process, ``kill -9`` included, so nobody
+    waits on a dead run. ``held()`` waits up to ``wait_seconds`` for another holder,
+    then raises IngestBusy.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        wait_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._engine = engine
+        self._wait = wait_seconds
+        self._monotonic = monotonic
+        self._sleep = sleep
+
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the database's ingest lock for the block; IngestBusy after waiting
-        ``lock_wait_seconds`` for another run. The lock dies with the process."""
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the block. Raises IngestBusy, and the database's errors
+        while taking it; failing to release it never replaces the block's outcome."""
         dialect = self._engine.dialect.name
         if dialect == "postgresql":
             with self._advisory_lock():
@@ -723,9 +752,21 @@ class BulkIngest:
             try:
                 yield
             finally:
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
-                )
+                try:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                    )
+                except SQLAlchemyError as e:
+                    # The lock belongs to the session: a database outage that broke the
+                    # connection has released it already, and closing the connection
+                    # releases it otherwise. Raising here would replace the run's own
+                    # outcome (its failed rows, its report) with this error.
+                    _logger.warning(
+                        "the ingest lock was not released explicitly (%s); it is released "
+                        "with its database connection",
+                        type(e.orig if isinstance(e, DBAPIError) and e.orig else e).__name__,
+                    )
+                    connection.invalidate()
 
     @contextlib.contextmanager
     def _file_lock(self, path: Path) -> Iterator[None]:
@@ -745,7 +786,7 @@ class BulkIngest:
             os.close(fd)  # releases the lock
 
     def _wait_for(self, attempt: Callable[[], bool]) -> None:
-        deadline = self._monotonic() + self._lock_wait
+        deadline = self._monotonic() + self._wait
         while not attempt():
             if self._monotonic() >= deadline:
                 raise IngestBusy()

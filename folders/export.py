@@ -6,19 +6,27 @@ in a hidden sibling directory and renamed into place only when every document ha
 authenticated, written and checked against the SHA-256 recorded at upload, and the export
 has been audited. A failure leaves nothing at the destination: never a partial folder,
 never a ``manifest.json`` that claims completeness.
+
+The scratch directory holds decrypted documents, so an export that is killed (``kill
+-9``, out of memory, power loss) must not leave it behind for good. A live export holds
+an exclusive ``flock`` on its scratch directory, which dies with its process; each
+export first removes the scratch directories in its destination's parent that match
+:data:`_SCRATCH_NAME`, belong to this user, and whose lock no process holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -50,11 +58,24 @@ _EXTENSIONS = {
     "image/tiff": ".tif",
 }
 
+# The scratch directory of an export to NAME: ``.NAME.partial-`` and the eight characters
+# ``tempfile.mkdtemp`` draws from ``[a-z0-9_]``.
+_SCRATCH_PREFIX = ".{name}.partial-"
+_SCRATCH_NAME = re.compile(r"\..+\.partial-[a-z0-9_]{8}", re.DOTALL)
+
 
 class ExportFailed(FoldersError):
     """The export stopped; nothing was written at the destination."""
 
     public_message = "The export failed; nothing was written."
+
+    @classmethod
+    def cannot(cls, what: str, error: OSError) -> ExportFailed:
+        """The export stopped because the file system refused ``what``."""
+        return cls(
+            f"The export was stopped and nothing was written: cannot {what}: "
+            f"{error.strerror or error}."
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +93,15 @@ class ExportedDocument:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """A complete export at ``directory``. ``abandoned_removed`` lists the scratch
+    directories of killed exports removed from its parent first; ``warnings`` say what
+    went wrong without undoing the export (each is one sentence)."""
+
     directory: Path
     documents: tuple[ExportedDocument, ...]
     manifest_sha256: str
+    abandoned_removed: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def bytes_written(self) -> int:
@@ -126,9 +153,13 @@ class FolderExport:
         """Write the folder of ``student_id`` into the new directory ``out_dir``.
 
         ``out_dir`` must not exist (or be an empty directory) and its parent must.
-        Raises Forbidden (not a registrar; the refusal is audited), NotFound (student),
-        InvalidInput (purpose or destination), ExportFailed (a document failed its
-        integrity check or could not be read or written), AuditUnavailable.
+        Abandoned scratch directories of killed exports in that parent are removed
+        first. Raises Forbidden (not a registrar; the refusal is audited), NotFound
+        (student), InvalidInput (purpose or destination), ExportFailed (a document
+        failed its integrity check or could not be read, or the file system refused a
+        write: a ``folder.export`` error event is recorded), AuditUnavailable. Once the
+        export is in place it is returned, with a warning if its parent directory could
+        not be flushed to disk.
         """
         reason = clean_text(purpose, "purpose", max_length=200)
         assert reason is not None
@@ -136,33 +167,10 @@ class FolderExport:
         self.require_permission(actor, student_id)
         destination = _check_destination(out_dir)
         student, documents = self._load(student_id)
-        scratch = Path(
-            tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent)
-        )
+        removed, warnings = remove_abandoned_exports(destination.parent)
         try:
-            exported = self._write_documents(actor, documents, scratch, reason)
-            manifest = _manifest(student, documents, exported, actor, reason, now)
-            manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-            _write_file(scratch / MANIFEST_NAME, [manifest])
-            _fsync_directory(scratch)
-            # SECURITY: fail closed: the export is in the audit log before it is
-            # delivered, and a failure to record it delivers nothing.
-            self._audit.record(
-                event_for(
-                    actor,
-                    Action.FOLDER_EXPORT,
-                    student_id=student_id,
-                    purpose=reason,
-                    detail=f"{len(exported)} documents; manifest sha256 {manifest_sha256}",
-                )
-            )
-            try:
-                os.rename(scratch, destination)  # atomic: all or nothing at the destination
-            except OSError as e:
-                raise ExportFailed(f"Cannot create {destination}: {e.strerror or e}.") from e
-            _fsync_directory(destination.parent)
+            result = self._export(actor, student, documents, destination, reason, now)
         except ExportFailed as e:
-            shutil.rmtree(scratch, ignore_errors=True)
             # Best effort: the failure is reported to the operator either way, and an
             # unavailable audit log must not hide the reason the export stopped.
             with contextlib.suppress(AuditError):
@@ -177,11 +185,58 @@ class FolderExport:
                     )
                 )
             raise
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
         self._audit.maybe_checkpoint()
-        return ExportResult(destination, exported, manifest_sha256)
+        return replace(result, abandoned_removed=removed, warnings=(*warnings, *result.warnings))
+
+    def _export(
+        self,
+        actor: Actor,
+        student: Student,
+        documents: list[tuple[Document, int]],
+        destination: Path,
+        purpose: str,
+        now: datetime,
+    ) -> ExportResult:
+        with _scratch_for(destination) as scratch:
+            exported = self._write_documents(actor, documents, scratch, purpose)
+            manifest = _manifest(student, documents, exported, actor, purpose, now)
+            manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+            try:
+                _write_file(scratch / MANIFEST_NAME, [manifest])
+            except OSError as e:
+                raise ExportFailed.cannot(f"write {MANIFEST_NAME} in {scratch}", e) from e
+            try:
+                _fsync_directory(scratch)
+            except OSError as e:
+                raise ExportFailed.cannot(f"flush {scratch} to disk", e) from e
+            # SECURITY: fail closed: the export is in the audit log before it is
+            # delivered, and a failure to record it delivers nothing.
+            self._audit.record(
+                event_for(
+                    actor,
+                    Action.FOLDER_EXPORT,
+                    student_id=student.id,
+                    purpose=purpose,
+                    detail=f"{len(exported)} documents; manifest sha256 {manifest_sha256}",
+                )
+            )
+            try:
+                os.rename(scratch, destination)  # atomic: all or nothing at the destination
+            except OSError as e:
+                raise ExportFailed.cannot(f"create {destination}", e) from e
+        warnings: tuple[str, ...] = ()
+        try:
+            _fsync_directory(destination.parent)
+        except OSError as e:
+            # The export is complete, verified, audited and in place: failing it now
+            # would report as lost an export that exists. What is not certain is that
+            # the rename survives a power loss in the next few seconds.
+            warnings = (
+                f"the export is complete at {destination}, but {destination.parent} could "
+                f"not be flushed to disk ({e.strerror or e}): after a power loss, check "
+                "that it is still there",
+            )
+        return ExportResult(destination, exported, manifest_sha256, warnings=warnings)
 
     def _load(self, student_id: uuid.UUID) -> tuple[Student, list[tuple[Document, int]]]:
         """The student and their documents, each with its number of versions."""
@@ -212,7 +267,10 @@ class FolderExport:
         purpose: str,
     ) -> tuple[ExportedDocument, ...]:
         folder = scratch / "documents"
-        folder.mkdir(mode=0o700)
+        try:
+            folder.mkdir(mode=0o700)
+        except OSError as e:
+            raise ExportFailed.cannot(f"create {folder}", e) from e
         exported = []
         for document, _count in documents:
             label = f"document {document.id} ({document.title!r})"
@@ -253,9 +311,7 @@ class FolderExport:
                     f"could not be verified ({e.public_message})"
                 ) from e
             except OSError as e:
-                raise ExportFailed(
-                    f"The export was stopped: cannot write {label}: {e.strerror or e}"
-                ) from e
+                raise ExportFailed.cannot(f"write {label}", e) from e
             # SECURITY: decryption authenticated the object; this also proves it is the
             # file that was recorded at upload, byte for byte.
             if sha256 != version.sha256 or size != version.size:
@@ -282,13 +338,91 @@ class FolderExport:
 
 def _check_destination(out_dir: Path) -> Path:
     destination = out_dir.absolute()
-    if not destination.parent.is_dir():
-        raise InvalidInput(f"The directory {destination.parent} does not exist.")
-    if destination.is_symlink() or (
-        destination.exists() and (not destination.is_dir() or any(destination.iterdir()))
-    ):
-        raise InvalidInput(f"{destination} already exists; export into a new directory.")
+    parent = destination.parent
+    try:
+        if not parent.is_dir():
+            if parent.exists():
+                raise InvalidInput(f"{parent} is not a directory.")
+            raise InvalidInput(f"The directory {parent} does not exist.")
+        if destination.is_symlink() or (
+            destination.exists() and (not destination.is_dir() or any(destination.iterdir()))
+        ):
+            raise InvalidInput(f"{destination} already exists; export into a new directory.")
+    except OSError as e:
+        raise InvalidInput(f"Cannot export to {destination}: {e.strerror or e}.") from e
     return destination
+
+
+@contextlib.contextmanager
+def _scratch_for(destination: Path) -> Iterator[Path]:
+    """A new private scratch directory beside ``destination``, locked for the block and
+    removed unless the block renamed it away. Raises ExportFailed if it cannot be made."""
+    prefix = _SCRATCH_PREFIX.format(name=destination.name)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
+    except OSError as e:
+        raise ExportFailed.cannot(f"create a directory in {destination.parent}", e) from e
+    try:
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise ExportFailed.cannot(f"open {scratch}", e) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            # Only another export's clean-up could hold it, in the instant between
+            # mkdtemp and this lock: it is removing the directory.
+            raise ExportFailed.cannot(f"lock {scratch}", e) from e
+        yield scratch
+    except BaseException:
+        # SECURITY: decrypted documents do not outlive a failed export. If this fails
+        # too, the next export into this parent removes what is left.
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_abandoned_exports(parent: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Remove the scratch directories that killed exports left in ``parent``.
+
+    Only directories (not symbolic links) named as Satchel names them
+    (``.NAME.partial-XXXXXXXX``), owned by this user, and whose ``flock`` no process
+    holds, that is, whose export is dead. Each is removed while its lock is held, so an
+    export cannot start using it meanwhile. Returns the directories removed, and one
+    warning per directory that could not be (it is tried again next time); never raises.
+    """
+    removed: list[Path] = []
+    warnings: list[str] = []
+    try:
+        entries = [e for e in os.scandir(parent) if _SCRATCH_NAME.fullmatch(e.name)]
+    except OSError as e:
+        return (), (f"cannot look for abandoned exports in {parent}: {e.strerror or e}",)
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, or not something an export made
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live export is writing it
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError as e:
+            warnings.append(
+                f"cannot remove {path}, left by an interrupted export: {e.strerror or e}"
+            )
+        finally:
+            os.close(fd)
+    return tuple(removed), tuple(warnings)
 
 
 def _write_file(path: Path, chunks: Iterable[bytes]) -> tuple[str, int]:

@@ -21,7 +21,11 @@ An unreferenced object or intent younger than the grace period is reported as
 about to be committed. :meth:`Fsck.repair` deletes only orphan objects and stale
 intents older than the grace period (with the unreferenced object an intent names),
 checks the database again right before each delete, and never touches a key that a
-row references or the audit checkpoints.
+row references or the audit checkpoints. It holds the bulk-ingest lock while it
+deletes, so no ``satchel ingest`` runs meanwhile, and it refuses a grace period below
+:data:`MIN_REPAIR_GRACE` unless told that nothing else writes (``unsafe_short_grace``):
+web uploads take no lock, and one whose commit lands between the database check and
+the delete would be left a version without its object.
 
 Both are audited: every check records one ``store.fsck`` event with its verdict, and
 a repair records a ``store.repair`` event with what it is about to delete *before* the
@@ -46,8 +50,8 @@ from audit.events import Action, Outcome
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.auditing import event_for
-from folders.bulk import INTENT_PREFIX, IngestIntents
-from folders.errors import DatabaseUnavailable, Forbidden
+from folders.bulk import INTENT_PREFIX, IngestBusy, IngestIntents, IngestLock
+from folders.errors import DatabaseUnavailable, Forbidden, InvalidInput
 from folders.models import DocumentVersion
 from folders.policy import Permission, Resource, decide
 from storage.envelope import ObjectIdentity
@@ -57,6 +61,9 @@ from storage.objects import ObjectInfo, ObjectStore
 
 VERSIONS_PREFIX = "versions/"
 DEFAULT_GRACE = timedelta(hours=24)
+#: The shortest grace period a repair accepts while Satchel may be running: far longer
+#: than any upload takes between storing its object and committing its row.
+MIN_REPAIR_GRACE = timedelta(hours=1)
 
 _ROW_BATCH = 1000
 _KEY_BATCH = 500
@@ -169,9 +176,10 @@ class Fsck:
     """Checks and repairs the object store against the document version rows.
 
     ``store`` is listed and repaired; ``vault`` (over the same store) opens objects for
-    a deep check; ``audit`` records every check and repair. Only the operator and admins
-    may run it (the keys permission): a deep check unwraps every data key, though no
-    plaintext leaves this object.
+    a deep check; ``audit`` records every check and repair; ``ingest_lock`` (by default
+    the database's, waiting 10 seconds) is held while a repair deletes. Only the
+    operator and admins may run it (the keys permission): a deep check unwraps every
+    data key, though no plaintext leaves this object.
     """
 
     def __init__(
@@ -181,6 +189,8 @@ class Fsck:
         vault: Vault,
         audit: AuditLog,
         clock: Callable[[], datetime],
+        *,
+        ingest_lock: IngestLock | None = None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -188,6 +198,7 @@ class Fsck:
         self._audit = audit
         self._clock = clock
         self._intents = IngestIntents(engine)
+        self._ingest_lock = ingest_lock or IngestLock(engine)
 
     def check(
         self,
@@ -266,17 +277,24 @@ class Fsck:
         self._audit.record(event_for(actor, Action.FSCK, outcome, detail=_check_summary(report)))
         return report
 
-    def repair(self, actor: Actor, report: FsckReport) -> RepairResult:
+    def repair(
+        self, actor: Actor, report: FsckReport, *, unsafe_short_grace: bool = False
+    ) -> RepairResult:
         """Delete the orphan objects and stale ingest intents of ``report``.
 
         Each is checked again first: an object is deleted only if no row references
         it at that moment and it is still older than ``report.grace``; an intent goes
-        last, after its unreferenced object. With something to repair, a
-        ``store.repair`` event naming it is recorded before the first delete and one
-        with what was deleted and kept after the last (outcome error if problems of
-        ``report`` remain). Raises Forbidden, ValueError for a key that is neither under
-        ``versions/`` nor an ingest intent of one (nothing is then deleted),
-        AuditUnavailable (if the first event cannot be written, nothing is deleted),
+        last, after its unreferenced object. The bulk-ingest lock is held meanwhile.
+        With something to repair, a ``store.repair`` event naming it is recorded before
+        the first delete and one with what was deleted and kept after the last (outcome
+        error if problems of ``report`` remain). ``unsafe_short_grace`` accepts a grace
+        period below :data:`MIN_REPAIR_GRACE`: safe only while nothing else writes to
+        the store (Satchel stopped, as during a restore).
+
+        Raises Forbidden, ValueError for a key that is neither under ``versions/`` nor
+        an ingest intent of one, InvalidInput for a grace period that is too short,
+        IngestBusy (a bulk ingest holds the lock), AuditUnavailable (if the first event
+        cannot be written) — in all these cases nothing is deleted — and
         DatabaseUnavailable and StorageError; what was deleted before a failure stays
         deleted, and running fsck again picks up the rest.
         """
@@ -285,6 +303,30 @@ class Fsck:
             return RepairResult((), ())
         for finding in report.repairable:
             _require_deletable(finding)
+        if report.grace < MIN_REPAIR_GRACE and not unsafe_short_grace:
+            raise InvalidInput(
+                f"A repair needs a grace period of at least {_hours(MIN_REPAIR_GRACE)}, "
+                f"not {_hours(report.grace)}: an upload in progress could lose its object."
+            )
+        try:
+            # SECURITY: no bulk ingest puts or commits while objects are deleted, so an
+            # intent it is about to settle (or a row it is about to commit) cannot lose
+            # its object between the database check and the delete.
+            with _database_errors(), self._ingest_lock.held():
+                result = self._delete(actor, report)
+        except IngestBusy:
+            raise IngestBusy(
+                "A `satchel ingest` is running against this database, so nothing was "
+                "deleted; run `satchel fsck --repair` again when it ends."
+            ) from None
+        remaining = report.remaining(result)
+        outcome = Outcome.ERROR if remaining else Outcome.ALLOWED
+        self._audit.record(
+            event_for(actor, Action.FSCK_REPAIR, outcome, detail=_repair_summary(result, remaining))
+        )
+        return result
+
+    def _delete(self, actor: Actor, report: FsckReport) -> RepairResult:
         cutoff = self._clock() - report.grace
         # SECURITY: fail closed. The intent is committed before the first delete, so no
         # object leaves the store unrecorded; if it cannot be written, nothing is deleted.
@@ -304,13 +346,7 @@ class Fsck:
                     deleted.extend(removed)
                 else:
                     kept.append(finding)
-        result = RepairResult(tuple(deleted), tuple(kept))
-        remaining = report.remaining(result)
-        outcome = Outcome.ERROR if remaining else Outcome.ALLOWED
-        self._audit.record(
-            event_for(actor, Action.FSCK_REPAIR, outcome, detail=_repair_summary(result, remaining))
-        )
-        return result
+        return RepairResult(tuple(deleted), tuple(kept))
 
     # Checking ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Every run is recorded in the audit log as the operator (``store.fsck``, and for 
 repair ``store.repair`` before and after deleting). Exit codes: 0 nothing wrong
 (pending uploads are not problems; with ``--repair``, every problem found was
 repaired), 1 problems remain or the check could not run (also when its audit event
-could not be written; a repair then deletes nothing), 2 a usage error.
+could not be written, or a bulk ingest holds its lock; a repair then deletes nothing),
+2 a usage error (also ``--repair`` with ``--grace-hours`` below 1 without
+``--unsafe-short-grace``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from flask.cli import with_appcontext
 from tqdm import tqdm
 
 from folders.actor import Actor
-from folders.fsck import Finding, FindingKind, FsckReport, RepairResult
+from folders.fsck import MIN_REPAIR_GRACE, Finding, FindingKind, FsckReport, RepairResult
 from web.cli_support import reports_errors, runtime
 
 _LABELS = {
@@ -50,21 +52,38 @@ _LABELS = {
     type=click.FloatRange(min=0),
     default=24,
     show_default=True,
-    help="Unreferenced objects younger than this are uploads in progress, not orphans.",
+    help="Unreferenced objects younger than this are uploads in progress, not orphans. "
+    "At least 1 with --repair.",
+)
+@click.option(
+    "--unsafe-short-grace",
+    is_flag=True,
+    help="Let --repair use --grace-hours below 1. Only while Satchel is stopped (as during "
+    "a restore): an upload committed between the check and the delete loses its object.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @with_appcontext
 @reports_errors
-def fsck(deep: bool, repair: bool, grace_hours: float, as_json: bool) -> None:
+def fsck(
+    deep: bool, repair: bool, grace_hours: float, unsafe_short_grace: bool, as_json: bool
+) -> None:
     """Check that every document version has its object, of the right size (and with
     --deep, authentic), and that the store holds nothing the database does not know.
 
-    Exits 0 when nothing is wrong, 1 when problems remain.
+    Exits 0 when nothing is wrong, 1 when problems remain, 2 for a usage error.
     """
+    grace = timedelta(hours=grace_hours)
+    if repair and grace < MIN_REPAIR_GRACE and not unsafe_short_grace:
+        # Refused before anything runs: web uploads take no lock, so a repair with a
+        # short grace could delete the object of one that commits while it runs.
+        minimum = MIN_REPAIR_GRACE.total_seconds() / 3600
+        raise click.UsageError(
+            f"--repair needs --grace-hours of at least {minimum:g} (given {grace_hours:g}); "
+            "below that, only with --unsafe-short-grace while Satchel is stopped."
+        )
     rt = runtime()
     checker = rt.fsck
     actor = Actor.operator()
-    grace = timedelta(hours=grace_hours)
     with tqdm(unit="object", desc="authenticating", disable=None if deep else True) as bar:
 
         def advance(done: int, total: int) -> None:
@@ -72,7 +91,9 @@ def fsck(deep: bool, repair: bool, grace_hours: float, as_json: bool) -> None:
             bar.update(done - bar.n)
 
         report = checker.check(actor, deep=deep, grace=grace, progress=advance)
-    repaired = checker.repair(actor, report) if repair else None
+    repaired = (
+        checker.repair(actor, report, unsafe_short_grace=unsafe_short_grace) if repair else None
+    )
     remaining = report.remaining(repaired)
     if as_json:
         click.echo(json.dumps(_report_json(report, repaired, remaining), indent=2))

@@ -44,8 +44,17 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
 
     Columns: student_id (district id), category, title, school_year, document_date
     (YYYY-MM-DD), path (relative to the manifest). Safe to run again after an
-    interruption: rows already stored are skipped. Exits 0 only if every row is stored.
+    interruption: rows already stored are skipped. Exits 0 only if every row is stored
+    and the report is written.
     """
+    report_path = report or default_report_path(manifest)
+    # Checked before anything is stored; a full disk can still refuse it at the end.
+    if report_path.is_dir():
+        raise click.BadParameter(f"{report_path} is a directory", param_hint="'--report'")
+    if not report_path.parent.is_dir():
+        raise click.BadParameter(
+            f"{report_path.parent} is not a directory", param_hint="'--report'"
+        )
     rt = runtime()
     actor = rt.accounts.acting_as(as_email)
     try:
@@ -60,8 +69,6 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
             bar.update(1)
 
         summary = bulk.run(actor, parsed, workers=workers, on_result=advance)
-    report_path = report or default_report_path(manifest)
-    write_report(report_path, summary.not_stored)
     if summary.unfinished_removed:
         click.echo(f"removed {summary.unfinished_removed} unfinished uploads of an interrupted run")
     click.echo(
@@ -75,6 +82,16 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
     if summary.stopped_by:
         click.echo(f"stopped early: {summary.stopped_by}", err=True)
         click.echo("run the same command again to resume", err=True)
+    # Written after the summary: the rows are stored whatever becomes of the report, and
+    # a full disk or read-only directory must not hide the counts.
+    try:
+        write_report(report_path, summary.not_stored)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot write the report {report_path}: {e.strerror or e}; the counts above are "
+            "right, and the same command with --report PATH writes it elsewhere (stored rows "
+            "are skipped)"
+        ) from e
     if summary.not_stored:
         click.echo(f"{len(summary.not_stored)} rows not stored: see {report_path}", err=True)
     if not summary.complete:
@@ -106,15 +123,23 @@ def folder() -> None:
 @reports_errors
 def folder_export(student_id: str, out_dir: Path, purpose: str, as_email: str) -> None:
     """Export STUDENT_ID's folder (district id): every current document, decrypted, and
-    a manifest.json with ids, categories, titles, versions and SHA-256."""
+    a manifest.json with ids, categories, titles, versions and SHA-256.
+
+    Exits 0 when the export is in place (also with a warning), 1 when it failed and
+    nothing was written, 2 for a usage error.
+    """
     rt = runtime()
     actor = rt.accounts.acting_as(as_email)
     exporter = FolderExport(rt.engine, rt.audit_log, rt.documents, rt.clock)
     exporter.require_permission(actor)  # audited, before the lookup could refuse
     student = rt.students.get_by_district_id(actor, student_id)
     result = exporter.export(actor, student.id, out_dir, purpose=purpose)
+    for path in result.abandoned_removed:
+        click.echo(f"removed {path}, left by an interrupted export")
     click.echo(
         f"exported {len(result.documents)} documents ({result.bytes_written / 1e6:.1f} MB) of "
         f"{student.district_id} {student.full_name} to {result.directory}"
     )
     click.echo(f"manifest.json sha256 {result.manifest_sha256}")
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)

@@ -26,7 +26,8 @@ def runtime() -> Runtime:
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn Satchel's errors into a one-line message and exit code 1."""
+    """Turn Satchel's errors, a lost database and a failing file system into a one-line
+    message and exit code 1."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -38,5 +39,19 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
         except DatabaseUnavailable.CAUSES as e:
             # Its text already reads "the database is unavailable: <driver's reason>".
             raise click.ClickException(str(DatabaseUnavailable.from_cause(e))) from e
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): Click ends quietly
+        except OSError as e:
+            # A last resort: commands name their own file errors precisely, and one
+            # that slips through is still a line naming the file, not a traceback.
+            raise click.ClickException(describe_os_error(e)) from e
 
     return wrapper
+
+
+def describe_os_error(error: OSError) -> str:
+    """``cannot use PATH: REASON`` (``strerror``, else the error's text)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return f"file system error: {reason}"
+    return f"cannot use {error.filename}: {reason}"

@@ -4,18 +4,21 @@ recovery from an interrupted run, and the ``satchel ingest`` command."""
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
+import os
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+import psycopg
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 from minio import Minio
@@ -51,9 +54,14 @@ from storage.envelope import ObjectIdentity
 from storage.ingest import Vault
 from storage.objects import ForwardingStore, ObjectInfo, ObjectStore, S3ObjectStore
 from tests.support import samples
+from tests.support.db import PostgresServer
 from tests.support.people import Cast
+from tests.support.postgres import libpq_url
 from tests.support.s3 import S3Service
 from web.cli import cli
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 BASE = Path("/srv/scans")  # the parser never touches the file system
 HEADER = ",".join(MANIFEST_COLUMNS)
@@ -767,3 +775,143 @@ def test_workers_option_is_bounded(tmp_path: Path) -> None:
     manifest.write_text(HEADER + "\n")
     result = CliRunner().invoke(cli, ["ingest", str(manifest), "--as", "r@x", "--workers", "0"])
     assert result.exit_code == 2 and "--workers" in result.output
+
+
+def cli_env(runtime: Runtime) -> dict[str, str]:
+    assert runtime.settings.storage_backend is StorageBackend.LOCAL
+    return {
+        "SATCHEL_DATA_DIR": str(runtime.settings.data_dir),
+        "SATCHEL_DATABASE_URL": runtime.settings.effective_database_url,
+    }
+
+
+def error_lines(result: Result) -> list[str]:
+    """The ``Error:`` lines of a command that ended with an exit code, not a traceback."""
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    assert "Traceback" not in result.output
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+def test_satchel_ingest_prints_its_counts_when_the_report_cannot_be_written(
+    runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = tmp_path / "batch"
+    files = write_files(batch, 2)
+    rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
+    path = write_manifest(batch, rows, name="june.csv")
+    report = batch / "june.rejected.csv"
+    real_open = os.open
+
+    def read_only_directory(
+        file: StrPath, flags: int, mode: int = 0o777, *, dir_fd: int | None = None
+    ) -> int:
+        # The report's temporary file, as a read-only manifest directory refuses it.
+        if os.fsdecode(file).startswith(f"{batch}/.june.rejected.csv."):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(file))
+        return real_open(file, flags, mode, dir_fd=dir_fd)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", read_only_directory)
+        result = CliRunner().invoke(
+            cli, ["ingest", str(path), "--as", cast.registrar.email], env=cli_env(runtime)
+        )
+
+    assert result.exit_code == 1, result.output
+    # The counts first: the rows are stored whatever becomes of the report.
+    assert "2 stored, 0 already stored, 0 rejected, 0 failed of 2 rows" in result.output
+    [line] = error_lines(result)
+    assert line.startswith(f"Error: cannot write the report {report}: Read-only file system;")
+    assert "--report PATH" in line
+    assert not report.exists() and counts(runtime) == (2, 2, 2)
+
+    elsewhere = tmp_path / "report.csv"
+    again = CliRunner().invoke(
+        cli,
+        ["ingest", str(path), "--as", cast.registrar.email, "--report", str(elsewhere)],
+        env=cli_env(runtime),
+    )
+    assert again.exit_code == 0, again.output
+    assert "0 stored, 2 already stored" in again.output
+    assert elsewhere.read_text().strip() == ",".join(REPORT_COLUMNS)
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+def test_satchel_ingest_refuses_a_report_path_it_cannot_use_before_storing_anything(
+    runtime: Runtime, cast: Cast, tmp_path: Path
+) -> None:
+    batch = tmp_path / "batch"
+    files = write_files(batch, 1)
+    path = write_manifest(
+        batch, [[cast.child.district_id, "other", "Note", "", "", next(iter(files))]]
+    )
+    (tmp_path / "a-file").write_text("mine")
+    (batch / "manifest.rejected.csv").mkdir()  # where the default report would go
+    args = ["ingest", str(path), "--as", cast.registrar.email]
+
+    inside_a_file = CliRunner().invoke(
+        cli, [*args, "--report", str(tmp_path / "a-file" / "r.csv")], env=cli_env(runtime)
+    )
+    a_directory = CliRunner().invoke(cli, args, env=cli_env(runtime))
+
+    assert inside_a_file.exit_code == a_directory.exit_code == 2
+    assert error_lines(inside_a_file) == [
+        f"Error: Invalid value for '--report': {tmp_path / 'a-file'} is not a directory"
+    ]
+    assert error_lines(a_directory) == [
+        f"Error: Invalid value for '--report': {batch / 'manifest.rejected.csv'} is a directory"
+    ]
+    assert counts(runtime) == (0, 0, 0) and uploads_audited(runtime) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_database_outage_mid_run_fails_the_rest_and_a_rerun_resumes(
+    runtime: Runtime,
+    cast: Cast,
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL goes away after the first row: every connection is terminated (the
+    run's lock connection too) and no new one is accepted. The run still ends as the
+    documentation says: the rest of the rows failed, and running again resumes. The
+    lock's release on its dead connection must not replace that outcome."""
+    files = write_files(tmp_path / "batch", 6)
+    rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
+    manifest = load_all(write_manifest(tmp_path / "batch", rows))
+    database = runtime.engine.url.database
+    admin = psycopg.connect(libpq_url(postgres_server.admin_url), autocommit=True)
+    happened: list[bool] = []
+
+    def outage(result: RowResult) -> None:
+        if result.outcome is not RowOutcome.STORED or happened:
+            return
+        happened.append(True)
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        pids = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
+        for (pid,) in pids:
+            postgres_server.terminate_backend(pid)
+
+    try:
+        summary = make_bulk(runtime).run(cast.registrar, manifest, workers=1, on_result=outage)
+    finally:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        admin.close()
+
+    assert happened and not summary.complete and summary.stopped_by is not None
+    stored = summary.count(RowOutcome.STORED)
+    assert stored >= 1 and summary.count(RowOutcome.FAILED) == 6 - stored
+    # The row the outage struck failed in its insert or in its audit event.
+    reasons = {r.reason for r in summary.not_stored}
+    assert reasons <= {"database_error", "audit_unavailable", "not_attempted"}
+    # The lock's connection was gone too: its release failed, and said so.
+    assert "the ingest lock was not released explicitly" in caplog.text
+
+    resumed = make_bulk(runtime).run(cast.registrar, manifest)
+    assert resumed.complete
+    assert resumed.count(RowOutcome.ALREADY_STORED) == stored
+    assert counts(runtime) == (6, 6, 6) and intent_keys(runtime) == set()

@@ -1,18 +1,28 @@
 """Folder export: byte-identical files, a manifest that tells the truth, nothing at all
-when one document fails its integrity check, and the audit trail of it."""
+when one document fails its integrity check or the file system refuses a write, the
+audit trail of it, and the scratch directories of killed exports removed."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from minio import Minio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,12 +32,15 @@ from config import Settings, StorageBackend
 from folders.bootstrap import initialize
 from folders.bulk import MANIFEST_COLUMNS, BulkIngest, RowOutcome, parse_manifest
 from folders.errors import Forbidden, InvalidInput
-from folders.export import ExportFailed, FolderExport
+from folders.export import ExportFailed, FolderExport, remove_abandoned_exports
 from folders.models import Document, DocumentVersion
 from folders.runtime import Runtime
 from tests.support import samples
 from tests.support.people import Cast, upload_pdf
 from web.cli import cli
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike, StrPath
 
 PURPOSE = "records transfer"
 
@@ -299,3 +312,281 @@ def test_satchel_folder_export(
     [denied] = runtime.audit_log.query(action=Action.ACCESS_DENIED, per_page=5).items
     assert denied.event.actor_id == str(cast.parent.user_id)
     assert denied.event.detail == "folder.export: role not permitted"
+
+
+# --- a file system that refuses, and exports that were killed ----------------------------
+
+
+def fd_path(fd: int) -> str:
+    """What the descriptor ``fd`` of this process is open on."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def refuse_mkdir(
+    monkeypatch: pytest.MonkeyPatch, refused: Callable[[Path], bool], errno_: int
+) -> None:
+    """``os.mkdir`` fails with ``errno_`` for the paths ``refused`` picks (as for a
+    directory its owner may not write, which root running the tests could)."""
+    real = os.mkdir
+
+    def mkdir(path: StrPath, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        if refused(Path(os.fsdecode(path))):
+            raise OSError(errno_, os.strerror(errno_), os.fsdecode(path))
+        real(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def refuse_fsync(
+    monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], bool], errno_: int
+) -> None:
+    """``os.fsync`` fails with ``errno_`` for descriptors open on a path ``refused``
+    picks (a full disk reports ENOSPC when the data is flushed)."""
+    real = os.fsync
+
+    def fsync(fd: FileDescriptorLike) -> None:
+        number = fd if isinstance(fd, int) else fd.fileno()
+        if refused(fd_path(number)):
+            raise OSError(errno_, os.strerror(errno_))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def in_scratch(name: str) -> Callable[[str], bool]:
+    return lambda path: ".out.partial-" in path and path.endswith(name)
+
+
+def unwritable_parent(monkeypatch: pytest.MonkeyPatch, transfer: Path) -> str:
+    refuse_mkdir(monkeypatch, lambda p: p.parent == transfer, errno.EACCES)
+    return f"cannot create a directory in {transfer}: Permission denied."
+
+
+def read_only_documents_folder(monkeypatch: pytest.MonkeyPatch, transfer: Path) -> str:
+    refuse_mkdir(monkeypatch, lambda p: p.name == "documents", errno.EROFS)
+    return "/documents: Read-only file system."
+
+
+def full_disk_at_a_document(monkeypatch: pytest.MonkeyPatch, transfer: Path) -> str:
+    refuse_fsync(monkeypatch, in_scratch(".pdf"), errno.ENOSPC)
+    return "('Report card'): No space left on device."
+
+
+def full_disk_at_the_manifest(monkeypatch: pytest.MonkeyPatch, transfer: Path) -> str:
+    refuse_fsync(monkeypatch, in_scratch("/manifest.json"), errno.ENOSPC)
+    return "manifest.json in "
+
+
+def scratch_not_flushed(monkeypatch: pytest.MonkeyPatch, transfer: Path) -> str:
+    refuse_fsync(monkeypatch, lambda p: ".out.partial-" in p and Path(p).is_dir(), errno.EIO)
+    return "to disk: Input/output error."
+
+
+# Each makes one step of an export fail, and returns part of the message it expects.
+FAILURES: dict[str, Callable[[pytest.MonkeyPatch, Path], str]] = {
+    "scratch directory": unwritable_parent,
+    "documents directory": read_only_documents_folder,
+    "document full disk": full_disk_at_a_document,
+    "manifest full disk": full_disk_at_the_manifest,
+    "scratch flush": scratch_not_flushed,
+}
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_refusing_file_system_stops_the_export_records_it_and_leaves_nothing(
+    runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    expected = FAILURES[failure](monkeypatch, transfer)
+
+    with pytest.raises(ExportFailed) as raised:
+        exporter(runtime).export(cast.registrar, cast.child.id, transfer / "out", purpose=PURPOSE)
+
+    monkeypatch.undo()
+    message = raised.value.public_message
+    assert message.startswith("The export was stopped and nothing was written: cannot ")
+    assert expected in message and "\n" not in message
+    assert list(transfer.iterdir()) == []  # no folder, no scratch with decrypted files
+    assert audited(runtime, Action.FOLDER_EXPORT, Outcome.ALLOWED) == 0
+    [event] = runtime.audit_log.query(action=Action.FOLDER_EXPORT, per_page=5).items
+    assert event.event.outcome is Outcome.ERROR and event.event.detail == message
+
+
+def cli_env(runtime: Runtime) -> dict[str, str]:
+    settings = runtime.settings
+    assert settings.storage_backend is StorageBackend.LOCAL
+    return {
+        "SATCHEL_DATA_DIR": str(settings.data_dir),
+        "SATCHEL_DATABASE_URL": settings.effective_database_url,
+    }
+
+
+def error_lines(result: Result) -> list[str]:
+    """The ``Error:`` lines of a command that ended as Satchel means commands to end:
+    with an exit code, never with an escaped exception (a traceback)."""
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    assert "Traceback" not in result.output
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+def test_satchel_folder_export_names_a_refusing_file_system_in_one_line(
+    runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    base = ["folder", "export", cast.child.district_id, "--as", cast.registrar.email, "--out"]
+    runner = CliRunner()
+
+    with monkeypatch.context() as patched:
+        refuse_mkdir(patched, lambda p: p.parent == transfer, errno.EACCES)
+        unwritable = runner.invoke(cli, [*base, str(transfer / "out")], env=cli_env(runtime))
+    assert unwritable.exit_code == 1, unwritable.output
+    [line] = error_lines(unwritable)
+    assert line == (
+        "Error: The export was stopped and nothing was written: cannot create a directory "
+        f"in {transfer}: Permission denied."
+    )
+
+    with monkeypatch.context() as patched:
+        refuse_fsync(patched, in_scratch("/manifest.json"), errno.ENOSPC)
+        full = runner.invoke(cli, [*base, str(transfer / "out")], env=cli_env(runtime))
+    assert full.exit_code == 1, full.output
+    [line] = error_lines(full)
+    assert line.endswith(": No space left on device.") and "manifest.json" in line
+
+    assert list(transfer.iterdir()) == []
+    assert audited(runtime, Action.FOLDER_EXPORT, Outcome.ERROR) == 2
+    assert audited(runtime, Action.FOLDER_EXPORT, Outcome.ALLOWED) == 0
+
+    # A regular file where the parent directory should be is refused before anything.
+    (tmp_path / "a-file").write_text("mine")
+    misplaced = runner.invoke(cli, [*base, str(tmp_path / "a-file" / "out")], env=cli_env(runtime))
+    assert misplaced.exit_code == 1
+    assert error_lines(misplaced) == [f"Error: {tmp_path / 'a-file'} is not a directory."]
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+def test_an_export_in_place_is_a_success_even_if_its_parent_cannot_be_flushed(
+    runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, data = upload_pdf(runtime, cast, cast.child)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    args = ["folder", "export", cast.child.district_id, "--as", cast.registrar.email]
+
+    with monkeypatch.context() as patched:
+        refuse_fsync(patched, lambda p: p == str(transfer), errno.EIO)
+        result = CliRunner().invoke(
+            cli, [*args, "--out", str(transfer / "out")], env=cli_env(runtime)
+        )
+
+    # The export is complete, verified and audited: the command says so, and warns.
+    assert result.exit_code == 0, result.output
+    assert error_lines(result) == []
+    assert "exported 1 documents" in result.output
+    [warning] = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+    assert f"the export is complete at {transfer / 'out'}" in warning
+    assert "Input/output error" in warning
+    [entry] = json.loads((transfer / "out" / "manifest.json").read_bytes())["documents"]
+    assert (transfer / "out" / entry["file"]).read_bytes() == data
+    assert [p.name for p in transfer.iterdir()] == ["out"]
+    assert audited(runtime, Action.FOLDER_EXPORT, Outcome.ALLOWED) == 1
+    assert audited(runtime, Action.FOLDER_EXPORT, Outcome.ERROR) == 0
+
+
+def abandoned_export(parent: Path, name: str) -> Path:
+    """What a killed export leaves: its scratch directory, with decrypted documents."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent))
+    (scratch / "documents").mkdir()
+    (scratch / "documents" / f"{uuid.uuid4()}.pdf").write_bytes(samples.make_pdf())
+    return scratch
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+def test_the_next_export_removes_what_killed_exports_left_and_nothing_else(
+    runtime: Runtime, cast: Cast, tmp_path: Path
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    killed = [abandoned_export(transfer, "out"), abandoned_export(transfer, "S-9 2024")]
+    live = abandoned_export(transfer, "elsewhere")
+    # Not an export's scratch directory: another name, a file, a link to a directory.
+    others = [transfer / ".notes.partial-1", transfer / "out.partial-abcd1234"]
+    for other in others:
+        other.mkdir()
+    (transfer / ".file.partial-abcd1234").write_text("mine")
+    (transfer / ".link.partial-abcd1234").symlink_to(others[0])
+
+    # A live export holds the lock on its scratch directory until it ends.
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = exporter(runtime).export(
+            cast.registrar, cast.child.id, transfer / "out", purpose=PURPOSE
+        )
+        assert live.is_dir() and any(live.rglob("*.pdf"))  # untouched while it runs
+    finally:
+        os.close(fd)
+
+    assert sorted(result.abandoned_removed) == sorted(killed) and result.warnings == ()
+    assert sorted(p.name for p in transfer.iterdir()) == sorted(
+        [
+            "out",
+            live.name,
+            *(o.name for o in others),
+            ".file.partial-abcd1234",
+            ".link.partial-abcd1234",
+        ]
+    )
+    assert (transfer / "out" / "manifest.json").is_file()
+
+    # Once its export is dead, the next export removes it too.
+    again = exporter(runtime).export(
+        cast.registrar, cast.child.id, transfer / "again", purpose=PURPOSE
+    )
+    assert again.abandoned_removed == (live,) and not live.exists()
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from folders.export import _scratch_for
+
+with _scratch_for(Path(sys.argv[1])) as scratch:
+    (scratch / "documents").mkdir()
+    (scratch / "documents" / "decrypted.pdf").write_bytes(b"%PDF-1.7 plaintext")
+    print(scratch, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_scratch_directory_is_kept_while_its_export_lives_and_removed_once_killed(
+    tmp_path: Path,
+) -> None:
+    """A real process holds a scratch directory as an export does, and is killed with
+    SIGKILL: its lock dies with it, so the next clean-up removes what it left."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path / "D-1")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            scratch = Path(holder.stdout.readline().strip())
+            assert scratch.parent == tmp_path and scratch.name.startswith(".D-1.partial-")
+
+            assert remove_abandoned_exports(tmp_path) == ((), ())  # alive: untouched
+            assert (scratch / "documents" / "decrypted.pdf").is_file()
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+
+    assert remove_abandoned_exports(tmp_path) == ((scratch,), ())
+    assert list(tmp_path.iterdir()) == []

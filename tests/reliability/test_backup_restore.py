@@ -273,7 +273,7 @@ def test_backup_and_restore_drill(
     assert checked.exit_code == 1, checked.output
     assert f"{len(originals)} objects authenticated" in checked.output
     assert checked.output.count("ORPHAN") == 1  # the object of the upload after the dump
-    repaired = satchel(settings_b, "fsck", "--repair", "--grace-hours", "0")
+    repaired = satchel(settings_b, "fsck", "--repair", "--grace-hours", "0", "--unsafe-short-grace")
     assert repaired.exit_code == 0, repaired.output
     assert satchel(settings_b, "fsck", "--deep").exit_code == 0
 

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from audit.errors import AuditUnavailable
 from audit.events import Action, Event, Outcome
 from folders.actor import Actor
-from folders.bulk import INTENT_PREFIX, IngestIntents
+from folders.bulk import INTENT_PREFIX, IngestBusy, IngestIntents, IngestLock
 from folders.categories import Category
-from folders.errors import Forbidden
+from folders.errors import Forbidden, InvalidInput
 from folders.fsck import Finding, FindingKind, Fsck, FsckReport
 from folders.models import DocumentVersion, Role
 from folders.runtime import Runtime
@@ -403,6 +403,55 @@ def test_only_admins_and_the_operator_run_fsck(runtime: Runtime, role: Role) -> 
     assert fsck(runtime).check(admin).clean
 
 
+def test_a_repair_refuses_a_grace_period_shorter_than_an_upload_may_take(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    checker = fsck(runtime, timedelta(hours=1))
+    report = checker.check(OPERATOR, grace=timedelta(minutes=59))
+    assert kinds(report) == {orphan: FindingKind.ORPHAN_OBJECT}
+
+    with pytest.raises(InvalidInput) as refused:
+        checker.repair(OPERATOR, report)
+    assert refused.value.public_message == (
+        "A repair needs a grace period of at least 1 h, not 0.983333 h: an upload in "
+        "progress could lose its object."
+    )
+    assert stored(runtime, orphan)
+    assert [e.action for e in fsck_events(runtime)] == [Action.FSCK]  # no repair began
+
+    # Satchel stopped (a restore): nothing else writes, so any grace period is safe.
+    assert checker.repair(OPERATOR, report, unsafe_short_grace=True).deleted == (orphan,)
+
+
+def test_a_repair_deletes_nothing_while_a_bulk_ingest_holds_its_lock(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+    intend(runtime, orphan)  # a run that is putting this object, or one that died
+    checker = Fsck(
+        runtime.engine,
+        runtime.store,
+        runtime.vault,
+        runtime.audit_log,
+        clock_at(LATER),
+        ingest_lock=IngestLock(runtime.engine, wait_seconds=0.3),
+    )
+    report = checker.check(OPERATOR)
+    assert len(report.repairable) == 2
+
+    with IngestLock(runtime.engine).held(), pytest.raises(IngestBusy) as busy:
+        checker.repair(OPERATOR, report)
+    assert "run `satchel fsck --repair` again when it ends" in busy.value.public_message
+    assert stored(runtime, orphan) and intents(runtime) == {orphan}
+    assert [e.action for e in fsck_events(runtime)] == [Action.FSCK]
+
+    # Once the run is over, the repair goes ahead.
+    assert set(checker.repair(OPERATOR, report).deleted) == {orphan, INTENT_PREFIX + orphan}
+
+
 # The command ------------------------------------------------------------------------------
 
 
@@ -435,12 +484,12 @@ def test_the_command_reports_and_repairs_with_exit_codes(
     ]
     assert report["remaining_problems"] == 1 and report["repair"] is None
 
-    repaired = satchel(runtime, "--grace-hours", "0", "--repair")
+    repaired = satchel(runtime, "--grace-hours", "0", "--repair", "--unsafe-short-grace")
     assert repaired.exit_code == 0, repaired.output
     assert f"deleted  {orphan}" in repaired.output
 
     runtime.store.delete(object_key(runtime, document.current.id))
-    missing = satchel(runtime, "--repair", "--grace-hours", "0")
+    missing = satchel(runtime, "--repair", "--grace-hours", "0", "--unsafe-short-grace")
     assert missing.exit_code == 1
     assert "MISSING" in missing.output and "1 problem" in missing.output
 
@@ -458,6 +507,29 @@ def test_the_command_reports_and_repairs_with_exit_codes(
     assert {e.actor_email for e in events} == {OPERATOR.email}
 
 
+@pytest.mark.parametrize("grace", ["0", "0.99"])
+def test_the_command_refuses_a_short_grace_period_for_a_repair(
+    runtime: Runtime, cast: Cast, grace: str
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    orphan = put_orphan(runtime)
+
+    refused = satchel(runtime, "--repair", "--grace-hours", grace)
+
+    assert refused.exit_code == 2, refused.output
+    assert isinstance(refused.exception, SystemExit) and "Traceback" not in refused.output
+    # A usage error as Click prints every other one: the usage, then one Error line.
+    assert refused.output.startswith("Usage: ")
+    assert [line for line in refused.output.splitlines() if line.startswith("Error:")] == [
+        f"Error: --repair needs --grace-hours of at least 1 (given {float(grace):g}); below "
+        "that, only with --unsafe-short-grace while Satchel is stopped."
+    ]
+    assert stored(runtime, orphan) and fsck_events(runtime) == []  # nothing ran
+    # Only a repair needs it: a check with a short grace period deletes nothing.
+    checked = satchel(runtime, "--grace-hours", grace)
+    assert checked.exit_code == (1 if grace == "0" else 0) and orphan in checked.output
+
+
 def test_the_command_repairs_nothing_when_the_audit_log_refuses(
     runtime: Runtime, cast: Cast
 ) -> None:
@@ -465,7 +537,7 @@ def test_the_command_repairs_nothing_when_the_audit_log_refuses(
     orphan = put_orphan(runtime)
     break_audit_inserts(runtime.engine)
 
-    refused = satchel(runtime, "--repair", "--grace-hours", "0")
+    refused = satchel(runtime, "--repair", "--grace-hours", "0", "--unsafe-short-grace")
 
     assert refused.exit_code == 1
     assert "audit" in refused.output and "deleted" not in refused.output

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import os
 import socket
@@ -8,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from folders.db import head_revision, make_engine
 from web.cli import cli
+from web.cli_support import reports_errors
 
 PASSWORD = "correct horse battery staple"
 
@@ -59,7 +62,7 @@ def test_doctor_all_ok_after_init(satchel: Satchel) -> None:
     result = satchel("doctor")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 5 and all(line.startswith("OK") for line in lines)
+    assert len(lines) == 6 and all(line.startswith("OK") for line in lines)
 
 
 def test_doctor_before_init_fails(satchel: Satchel) -> None:
@@ -332,3 +335,30 @@ def test_user_link_prints_a_one_time_password_link(
     finally:
         runtime_of(app).close()  # release its own pooled connections
     assert satchel("user", "link", "nobody@home.example").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/srv/transfer/out"),
+            "Error: cannot use /srv/transfer/out: Permission denied\n",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            "Error: file system error: No space left on device\n",
+        ),
+    ],
+)
+def test_a_file_system_error_a_command_did_not_name_is_still_one_line(
+    error: OSError, message: str
+) -> None:
+    @click.command()
+    @reports_errors
+    def failing() -> None:
+        raise error
+
+    result = CliRunner().invoke(failing)
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output == message
