@@ -705,7 +705,8 @@ class IngestLock:
     """The database's exclusive bulk-ingest lock, which every ``satchel ingest`` run holds
     for its whole duration (and ``satchel fsck --repair`` while it deletes).
 
-    A PostgreSQL session-level advisory lock on a connection held for the block, or
+    A PostgreSQL session-level advisory lock on a connection held for the block (exempt
+    from ``idle_session_timeout``, which would end it while it waits), or
     ``flock`` on ``<database>.ingest-lock`` beside a SQLite file (nothing for a private
     in-memory database). Either dies with its process, ``kill -9`` included, so nobody
     waits on a dead run. ``held()`` waits up to ``wait_seconds`` for another holder,
@@ -747,6 +748,10 @@ class IngestLock:
     def _advisory_lock(self) -> Iterator[None]:
         with self._engine.connect() as connection:
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            if (connection.dialect.server_version_info or (0,)) >= (14,):
+                # The connection sits idle for the whole run: a server or role setting
+                # of idle_session_timeout would end it, and the lock with it, silently.
+                connection.execute(text("SET idle_session_timeout = 0"))
             query = text("SELECT pg_try_advisory_lock(:key)")
             self._wait_for(lambda: bool(connection.scalar(query, {"key": _ADVISORY_LOCK_KEY})))
             try:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from folders.bulk import (
     BulkIngest,
     IngestBusy,
     IngestIntents,
+    IngestLock,
     Manifest,
     ManifestError,
     ManifestRow,
@@ -47,6 +49,7 @@ from folders.bulk import (
     write_report,
 )
 from folders.categories import Category
+from folders.db import make_engine
 from folders.errors import Forbidden
 from folders.models import Document, DocumentVersion
 from folders.runtime import Runtime
@@ -915,3 +918,21 @@ def test_a_database_outage_mid_run_fails_the_rest_and_a_rerun_resumes(
     assert resumed.complete
     assert resumed.count(RowOutcome.ALREADY_STORED) == stored
     assert counts(runtime) == (6, 6, 6) and intent_keys(runtime) == set()
+
+
+@pytest.mark.postgres
+def test_the_ingest_lock_outlives_an_idle_session_timeout(postgres_database_url: str) -> None:
+    """The lock's connection idles for the whole run; a database whose sessions end after
+    300 ms of idling must not end it (and free the lock) under a running ingest."""
+    name = postgres_database_url.rsplit("/", 1)[1]
+    with psycopg.connect(libpq_url(postgres_database_url), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET idle_session_timeout = 300')
+    engine, other = make_engine(postgres_database_url), make_engine(postgres_database_url)
+    try:
+        with IngestLock(engine).held():
+            time.sleep(1.0)  # more than three timeouts of idling
+            with pytest.raises(IngestBusy), IngestLock(other, wait_seconds=0).held():
+                pass
+    finally:
+        engine.dispose()
+        other.dispose()
