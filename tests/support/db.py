@@ -147,7 +147,9 @@ def statements_sent(engine: Engine) -> Iterator[list[Sent]]:
     def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         if isinstance(dbapi_connection, sqlite3.Connection):
             dbapi_connection.set_trace_callback(
-                lambda sql: sent.append(Sent(sql, dbapi_connection.isolation_level is None))
+                # The driver sends no BEGIN of its own (folders.db): a statement runs in
+                # autocommit mode unless a BEGIN IMMEDIATE opened a transaction.
+                lambda sql: sent.append(Sent(sql, not dbapi_connection.in_transaction))
             )
         else:
             dbapi_connection.cursor_factory = Tracing
