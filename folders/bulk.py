@@ -55,7 +55,7 @@ from audit.log import AuditLog
 from folders.actor import Actor
 from folders.categories import Category
 from folders.documents import Documents, check_school_year, parse_category
-from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, KeyRetiredDuringUpload, NotFound
 from folders.models import Document, DocumentVersion, IngestIntent
 from folders.policy import Permission, Resource, decide
 from folders.students import StudentInfo, Students
@@ -133,6 +133,8 @@ class RowProblem(StrEnum):
     UNKNOWN_STUDENT = "unknown_student"
     FILE_UNREADABLE = "file_unreadable"
     INVALID_DOCUMENT = "invalid_document"
+    # The key version that wrapped the row's data key was retired while it was stored.
+    KEY_RETIRED = "key_retired"
     # The run stopped (infrastructure failure or interruption) before the row was done.
     STORAGE_UNAVAILABLE = "storage_unavailable"
     STORAGE_ERROR = "storage_error"
@@ -580,6 +582,8 @@ class BulkIngest:
                 RowProblem.INVALID_DOCUMENT.value,
                 e.public_message,
             )
+        except KeyRetiredDuringUpload as e:
+            return _failed(row, RowProblem.KEY_RETIRED, e.public_message)
 
     def _store(
         self,

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
@@ -222,6 +222,21 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+
+
+def hold_off_writers(session: Session, table: str) -> None:
+    """Wait until no other transaction is writing to the table named ``table``, then
+    keep new writers waiting until the session's transaction ends; readers go on. Call
+    it first in a transaction (``session.begin()``), not in a :func:`reading_session`.
+
+    PostgreSQL: ``LOCK TABLE ... IN SHARE MODE``. SQLite has no table locks: the
+    transaction takes the database's write lock (BEGIN IMMEDIATE, as for a locking read,
+    see :func:`_configure_sqlite`), which holds off every writer.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"LOCK TABLE {table} IN SHARE MODE"))
+    else:
+        session.execute(select(literal(1)).with_for_update())
 
 
 @contextmanager

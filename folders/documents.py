@@ -31,7 +31,7 @@ from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
 from folders.db import reading_session
-from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, KeyRetiredDuringUpload, NotFound
 from folders.models import (
     Base,
     Document,
@@ -44,7 +44,7 @@ from folders.models import (
 from folders.policy import GrantFacts, GuardianLink, Permission, Resource, decide
 from folders.text import clean_text
 from storage.envelope import ObjectIdentity
-from storage.errors import StorageError
+from storage.errors import KeyVersionRetired, StorageError
 from storage.ingest import SealedRef, Spool, StoredFile, Vault
 
 _logger = logging.getLogger(__name__)
@@ -215,7 +215,8 @@ class Documents:
 
         Raises Forbidden (not a registrar, or an actor without an account), NotFound
         (student), InvalidInput (metadata), ContentRejected/UploadTooLarge (the file),
-        StorageUnavailable or KeyringError (storing the object), AuditUnavailable, and
+        StorageUnavailable or KeyringError (storing the object), KeyRetiredDuringUpload
+        (``satchel keys retire`` ran while it was stored), AuditUnavailable, and
         sqlalchemy's errors (OperationalError when the database is unreachable).
         When it raises, the upload has normally left nothing: no row, no event, and the
         stored object (if any) deleted again. The object stays in two cases: the COMMIT
@@ -272,12 +273,14 @@ class Documents:
         document with its first version, and the upload event, in one transaction.
 
         The metadata must be valid already (``upload`` and the manifest parser check
-        it). Raises Forbidden (not a registrar), sqlalchemy's IntegrityError (the
-        ingest key is recorded already, or there is no such student), AuditUnavailable,
-        or another database error; nothing is recorded then, and the stored object is
-        the caller's to discard.
+        it). A data key wrapped under an older key version is wrapped again under the
+        active one. Raises Forbidden (not a registrar), KeyRetiredDuringUpload,
+        KeyringError, sqlalchemy's IntegrityError (the ingest key is recorded already,
+        or there is no such student), AuditUnavailable, or another database error;
+        nothing is recorded then, and the stored object is the caller's to discard.
         """
         self._require(actor, Permission.MANAGE_FOLDER)
+        stored = self._under_active_key(stored, document_id, version_id)
         now = self._clock()
         document = Document(
             id=document_id,
@@ -300,6 +303,7 @@ class Documents:
             else:
                 connection.execute(_INSERT_DOCUMENT, rows)
                 connection.execute(_INSERT_VERSION, rows)
+            self._require_key_usable(stored)
             self._audit.append(
                 session,
                 event_for(
@@ -321,10 +325,10 @@ class Documents:
         Concurrent corrections of one document are numbered one after the other: the
         transaction locks the document row (on SQLite, the database) before it reads
         the last number. Raises Forbidden, NotFound (document), ContentRejected/
-        UploadTooLarge, StorageUnavailable or KeyringError, Conflict (the number was
-        taken by another version all the same, which the lock should prevent),
-        AuditUnavailable, and sqlalchemy's errors. What is stored when it raises is as
-        for :meth:`upload`.
+        UploadTooLarge, StorageUnavailable or KeyringError, KeyRetiredDuringUpload,
+        Conflict (the number was taken by another version all the same, which the lock
+        should prevent), AuditUnavailable, and sqlalchemy's errors. What is stored when
+        it raises is as for :meth:`upload`.
         """
         self._require(actor, Permission.MANAGE_FOLDER)
         with reading_session(self._engine) as session:
@@ -334,6 +338,7 @@ class Documents:
         stored = self._store(stream, filename, document_id, version_id)
         number: int | None = None
         try:
+            stored = self._under_active_key(stored, document_id, version_id)
             with Session(self._engine, expire_on_commit=False) as session, session.begin():
                 document = session.get(Document, document_id, with_for_update=True)
                 assert document is not None
@@ -347,6 +352,7 @@ class Documents:
                 ) + 1
                 session.add(self._version_row(actor, document_id, version_id, number, stored))
                 session.flush()
+                self._require_key_usable(stored)
                 self._audit.append(
                     session,
                     event_for(
@@ -614,6 +620,30 @@ class Documents:
                 object_key,
                 e,
             )
+
+    def _under_active_key(
+        self, stored: StoredFile, document_id: uuid.UUID, version_id: uuid.UUID
+    ) -> StoredFile:
+        """``stored`` with its data key wrapped under the active key version, so a
+        rotation while it was stored leaves no row for ``keys rotate --resume``.
+        Raises KeyRetiredDuringUpload, KeyringError."""
+        identity = ObjectIdentity(str(document_id), str(version_id))
+        try:
+            return self._vault.under_active_key(stored, identity)
+        except KeyVersionRetired as e:
+            raise KeyRetiredDuringUpload() from e
+
+    def _require_key_usable(self, stored: StoredFile) -> None:
+        """Check, after the version row's INSERT and before its COMMIT, that its key
+        version is not retired. ``KeyManagement.retire_below`` counts rows and retires
+        while no transaction writes versions, so either it waits for this one and counts
+        its row (and refuses), or it retired first and this check sees it: no row is
+        ever committed under a retired version. Raises KeyRetiredDuringUpload,
+        KeyringError."""
+        try:
+            self._vault.keyring.require_usable(stored.key_id, stored.key_version)
+        except KeyVersionRetired as e:
+            raise KeyRetiredDuringUpload() from e
 
     def _version_row(
         self,

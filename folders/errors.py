@@ -47,6 +47,16 @@ class Conflict(FoldersError):
     public_message = "This conflicts with an existing record."
 
 
+class KeyRetiredDuringUpload(Conflict):
+    """The keyring version that wrapped an upload's data key was retired before the
+    upload was recorded (``satchel keys retire`` ran meanwhile); nothing was stored."""
+
+    public_message = (
+        "The encryption key was retired while this file was being stored, so it was not "
+        "stored. Upload it again."
+    )
+
+
 class AuthenticationFailed(FoldersError):
     """Unknown email, wrong password or disabled account (never says which)."""
 

@@ -15,6 +15,7 @@ from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
 from folders.auditing import event_for
+from folders.db import hold_off_writers
 from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
 from folders.policy import Permission, Resource, decide
@@ -144,9 +145,17 @@ class KeyManagement:
         return RewrapResult(active, done, self._stale_count(active))
 
     def retire_below(self, actor: Actor, min_version: int) -> None:
-        """Stop older keyring versions from decrypting; refused while they still wrap keys."""
+        """Stop older keyring versions from decrypting; refused while they still wrap keys.
+
+        The count and the retirement happen while no transaction writes document
+        versions, so an upload whose data key was wrapped under an older version before
+        a rotation either committed first and is counted, or finds its version retired
+        before it commits and fails (``Documents``). Raises Forbidden, InvalidInput
+        (keys still wrapped under those versions), KeyringError, AuditUnavailable.
+        """
         self._require(actor)
-        with Session(self._engine) as session:
+        with Session(self._engine) as session, session.begin():
+            hold_off_writers(session, DocumentVersion.__tablename__)
             still = session.scalar(
                 select(func.count())
                 .select_from(DocumentVersion)
@@ -155,12 +164,12 @@ class KeyManagement:
                     DocumentVersion.wrapped_dek.is_not(None),
                 )
             )
-        if still:
-            raise InvalidInput(
-                f"{still} data keys are still wrapped under versions below {min_version}; "
-                "run `satchel keys rotate --resume` first."
-            )
-        self._keyring.retire_below(min_version)
+            if still:
+                raise InvalidInput(
+                    f"{still} data keys are still wrapped under versions below {min_version}; "
+                    "run `satchel keys rotate --resume` first."
+                )
+            self._keyring.retire_below(min_version)
         self._audit.record(
             event_for(actor, Action.KEY_RETIRE, detail=f"minimum decryption version {min_version}")
         )
@@ -176,10 +185,8 @@ class KeyManagement:
         version, as after restoring an older database), AuditUnavailable, KeyringError.
 
         Only the versions checked here are erased, even if another process retires more
-        meanwhile. Not closed: an upload in flight on a server, whose data key was wrapped
-        under a version before the rotation and whose row is committed only after the SQL
-        checks of ``retire_below`` and of this method, is left unreadable
-        (docs/operations.md, §4).
+        meanwhile. No upload can add a row under a retired version meanwhile (see
+        :meth:`retire_below`).
         """
         self._require(actor)
         why = clean_text(reason, "reason", max_length=500)

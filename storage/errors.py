@@ -51,6 +51,10 @@ class KeyringError(StorageError):
     public_message = "The encryption keyring is not usable."
 
 
+class KeyVersionRetired(KeyringError):
+    """The key version was retired or destroyed: it may no longer wrap or unwrap."""
+
+
 class ContentRejected(StorageError):
     """A file was refused by content inspection.
 

@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -247,6 +247,22 @@ class Vault:
                 # The idle thread ends with the vault.
                 weakref.finalize(self, self._hasher.shutdown, wait=False)
             return self._hasher.submit(lambda: spool.sha256)
+
+    def under_active_key(self, stored: StoredFile, identity: ObjectIdentity) -> StoredFile:
+        """``stored`` with its data key wrapped under the keyring's active version: the
+        same unless the keyring was rotated while the file was sealed and stored.
+
+        Raises KeyVersionRetired if the file's version was retired meanwhile (its data
+        key can no longer be unwrapped, so the file cannot be recorded), KeyringError.
+        """
+        if stored.key_version == self.keyring.active_version:
+            return stored
+        fresh = self.keyring.rewrap(
+            stored.wrapped_dek, stored.key_id, stored.key_version, identity.encode()
+        )
+        return replace(
+            stored, wrapped_dek=fresh.wrapped, key_id=fresh.key_id, key_version=fresh.key_version
+        )
 
     def open_file(self, ref: SealedRef) -> Iterator[bytes]:
         """Authenticate the whole object, then return an iterator over its plaintext.

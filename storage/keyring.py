@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.envelope import DEK_SIZE, KEY_ID_PATTERN, MAX_KEY_VERSION, check_key_id
-from storage.errors import IntegrityError, KeyringError
+from storage.errors import IntegrityError, KeyringError, KeyVersionRetired
 
 KEK_SIZE = 32
 WRAP_FORMAT = 1
@@ -414,10 +414,10 @@ class Keyring:
         # SECURITY: versions below the minimum decryption version are unusable even while
         # their material is still in the file.
         if key_version < state.min_decryption_version:
-            raise KeyringError(f"version {key_version} of {key_id!r} is retired")
+            raise KeyVersionRetired(f"version {key_version} of {key_id!r} is retired")
         material = state.versions[key_version - 1].material
         if material is None:  # _state_problem rules this out; the check narrows the type
-            raise KeyringError(f"version {key_version} of {key_id!r} was destroyed")
+            raise KeyVersionRetired(f"version {key_version} of {key_id!r} was destroyed")
         return material
 
     def _wrap(self, state: _State, dek: bytes, context: bytes) -> DataKey:
@@ -453,11 +453,19 @@ class Keyring:
     def unwrap(self, wrapped: bytes, key_id: str, key_version: int, context: bytes) -> bytes:
         """The DEK inside ``wrapped``.
 
-        Raises KeyringError if the key id or version is unknown, retired or destroyed;
-        IntegrityError if ``wrapped`` is malformed, tampered, or was wrapped under another
-        version or ``context``.
+        Raises KeyringError if the key id or version is unknown, KeyVersionRetired if the
+        version is retired or destroyed; IntegrityError if ``wrapped`` is malformed,
+        tampered, or was wrapped under another version or ``context``.
         """
         return self._unwrap(self._current(), wrapped, key_id, key_version, context)
+
+    def require_usable(self, key_id: str, key_version: int) -> None:
+        """Check, against the file as it is now, that the version may still unwrap.
+
+        Raises KeyVersionRetired (retired or destroyed), or KeyringError (unknown, or the
+        file is no longer usable).
+        """
+        self._material(self._current(), key_id, key_version)
 
     def rewrap(self, wrapped: bytes, key_id: str, key_version: int, context: bytes) -> DataKey:
         """Unwrap (same errors as :meth:`unwrap`) and wrap again under the active version."""

@@ -26,7 +26,7 @@ from folders.actor import Actor
 from folders.categories import RETENTION, Category
 from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
 from folders.documents import DocumentInfo, check_school_year, parse_category
-from folders.errors import DatabaseUnavailable, InvalidInput, NotFound
+from folders.errors import DatabaseUnavailable, InvalidInput, KeyRetiredDuringUpload, NotFound
 from folders.models import GrantScope, Relationship, Role
 from folders.text import clean_text
 from storage.errors import ContentRejected, StorageError
@@ -278,6 +278,8 @@ def _store_one(
         return UploadOutcome(name, reason=e.message, status=status_for(e))
     except InvalidInput as e:
         return UploadOutcome(name, reason=e.public_message)
+    except KeyRetiredDuringUpload as e:
+        return UploadOutcome(name, reason=e.public_message, status=status_for(e))
     return UploadOutcome(name, document=info)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 import pytest
@@ -486,6 +486,38 @@ def test_an_interrupted_run_leaves_nothing_behind_after_the_next_run(
     assert intent_keys(runtime) == set()
     assert stored_keys("versions/") == version_keys(runtime)
     assert committed_key in version_keys(runtime) and len(version_keys(runtime)) == 3
+
+
+def test_a_row_whose_key_version_is_retired_while_it_is_stored_fails_and_the_run_goes_on(
+    runtime: Runtime,
+    cast: Cast,
+    tmp_path: Path,
+    stored_keys: Callable[[str], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = write_files(tmp_path / "batch", 2)
+    rows = [[cast.child.district_id, "other", f"Note {i}", "", "", n] for i, n in enumerate(files)]
+    path = write_manifest(tmp_path / "batch", rows)
+    put = runtime.store.put
+
+    def put_then_retire(*args: Any, **kwargs: Any) -> Any:
+        result = put(*args, **kwargs)
+        monkeypatch.setattr(runtime.store, "put", put)  # once, during the first row
+        runtime.keys.rotate(Actor.operator())
+        runtime.keys.retire_below(Actor.operator(), 2)
+        return result
+
+    monkeypatch.setattr(runtime.store, "put", put_then_retire)
+    summary = make_bulk(runtime).run(cast.registrar, load_all(path), workers=1)
+
+    failed, stored = sorted(summary.results, key=lambda r: r.line)
+    assert (failed.outcome, failed.reason) == (RowOutcome.FAILED, RowProblem.KEY_RETIRED)
+    assert failed.detail is not None and "Upload it again" in failed.detail
+    assert stored.outcome is RowOutcome.STORED  # the run went on, under version 2
+    assert counts(runtime) == (1, 1, 1) and uploads_audited(runtime) == 1
+    assert stored_keys("versions/") == version_keys(runtime) and intent_keys(runtime) == set()
+    again = make_bulk(runtime).run(cast.registrar, load_all(path))
+    assert (again.count(RowOutcome.STORED), again.count(RowOutcome.ALREADY_STORED)) == (1, 1)
 
 
 def test_one_run_at_a_time(runtime: Runtime, cast: Cast, tmp_path: Path) -> None:

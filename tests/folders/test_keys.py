@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from audit.events import Action
+from audit.events import Action, Event
 from folders.actor import Actor
-from folders.errors import InvalidInput, NotFound
+from folders.errors import InvalidInput, KeyRetiredDuringUpload, NotFound
 from folders.models import DocumentVersion
 from folders.runtime import Runtime
 from storage.errors import KeyringError
+from storage.keyring import Keyring
+from tests.support import samples
 from tests.support.people import Cast, upload_pdf
 
 OPERATOR = Actor.operator()
@@ -193,3 +198,110 @@ def test_rewrapping_follows_a_rotation_made_meanwhile(
     assert (result.active_version, result.remaining) == (3, 0)
     assert set(key_versions(runtime).values()) == {3}
     assert runtime.keys.status(OPERATOR)[2].data_keys == 3
+
+
+# --- uploads under way while the keyring changes ------------------------------------------
+
+
+def after_each_put(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hook: Callable[[], None]
+) -> None:
+    """Run ``hook`` after every object put: while an upload is sealed and stored, before
+    its row is written."""
+    put = runtime.store.put
+
+    def put_then_hook(*args: Any, **kwargs: Any) -> Any:
+        result = put(*args, **kwargs)
+        hook()
+        return result
+
+    monkeypatch.setattr(runtime.store, "put", put_then_hook)
+
+
+def operator_rotates(runtime: Runtime) -> None:
+    """`satchel keys rotate` run by another process: its own keyring on the same file."""
+    Keyring.load(runtime.settings.keyring_path).rotate(now=runtime.clock())
+
+
+def test_an_upload_stored_across_a_rotation_is_recorded_under_the_new_version(
+    runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = upload_pdf(runtime, cast, cast.child)
+    after_each_put(runtime, monkeypatch, lambda: operator_rotates(runtime))
+
+    second, data = upload_pdf(runtime, cast, cast.child, title="Second")
+    corrected = runtime.documents.upload_version(
+        cast.registrar, first.id, io.BytesIO(samples.make_pdf(pages=1)), "fixed.pdf"
+    )
+
+    with Session(runtime.engine) as session:
+        rows = session.execute(select(DocumentVersion.id, DocumentVersion.key_version)).all()
+        versions = dict(rows)
+    # Sealed under versions 1 and 2, each written under the version active at its commit.
+    assert versions[second.current.id] == 2 and versions[corrected.current.id] == 3
+    # The first document stays under version 1: only `keys rotate` rewraps stored keys.
+    assert [v.data_keys for v in runtime.keys.status(OPERATOR)] == [1, 1, 1]
+    opened = runtime.documents.open(cast.registrar, second.id, purpose="Records check")
+    assert b"".join(opened.chunks) == data
+
+
+def test_an_upload_whose_key_version_is_retired_meanwhile_fails_and_keeps_nothing(
+    runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, _ = upload_pdf(runtime, cast, cast.child)
+    objects_before = set(etags(runtime))
+
+    def rotate_and_retire() -> None:
+        runtime.keys.rotate(OPERATOR)
+        runtime.keys.retire_below(OPERATOR, 2)  # nothing counted: the upload has no row yet
+
+    after_each_put(runtime, monkeypatch, rotate_and_retire)
+    with pytest.raises(KeyRetiredDuringUpload, match="retired while this file was being stored"):
+        upload_pdf(runtime, cast, cast.child, title="Lost?")
+
+    with Session(runtime.engine) as session:
+        assert set(session.scalars(select(DocumentVersion.key_version))) == {2}  # `kept` only
+    assert set(etags(runtime)) == objects_before
+    uploads = [e for e in runtime.audit_log.events() if e.event.action is Action.DOCUMENT_UPLOAD]
+    assert [e.event.document_id for e in uploads] == [str(kept.id)]
+
+
+def test_retiring_waits_for_an_upload_being_recorded_and_then_counts_it(
+    runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcome: list[BaseException | None] = []
+    waited: list[bool] = []
+    append = runtime.audit_log.append
+
+    def retire() -> None:
+        try:
+            runtime.keys.retire_below(OPERATOR, 2)
+            outcome.append(None)
+        except BaseException as e:  # reported to the test below
+            outcome.append(e)
+
+    def rotate_and_retire_then_append(session: Session, event: Event) -> Any:
+        # The upload's row is written, under version 1, and not yet committed: the
+        # operator rotates to version 2 and retires version 1.
+        operator_rotates(runtime)
+        thread = threading.Thread(target=retire)
+        thread.start()
+        thread.join(timeout=1.0)
+        waited.append(thread.is_alive())
+        monkeypatch.setattr(runtime.audit_log, "append", append)
+        threads.append(thread)
+        return append(session, event)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(runtime.audit_log, "append", rotate_and_retire_then_append)
+    document, data = upload_pdf(runtime, cast, cast.child, title="In flight")
+    threads[0].join(timeout=60)
+
+    assert waited == [True]  # retiring waited for the upload's transaction
+    [error] = outcome
+    assert isinstance(error, InvalidInput) and "1 data keys are still wrapped" in str(error)
+    assert [v.retired for v in runtime.keys.status(OPERATOR)] == [False, False]
+    opened = runtime.documents.open(cast.registrar, document.id, purpose="Records check")
+    assert b"".join(opened.chunks) == data
+    runtime.keys.rotate(OPERATOR, resume=True)
+    runtime.keys.retire_below(OPERATOR, 2)

@@ -21,6 +21,7 @@ from werkzeug.test import EnvironBuilder, TestResponse, encode_multipart
 
 from audit.errors import AuditUnavailable
 from audit.events import Action
+from folders.actor import Actor
 from folders.categories import Category
 from folders.disclosures import DEFAULT_PURPOSE
 from folders.grants import GrantStatus
@@ -149,6 +150,50 @@ def test_multi_file_upload_stopped_by_a_failure_says_which_files_are_stored(
     assert len(list(runtime.store.list("versions/"))) == 1  # no object of card_2.pdf
     uploads = events(runtime, Action.DOCUMENT_UPLOAD)
     assert [e.event.document_id for e in uploads] == [str(document.id)]
+
+
+def test_a_file_whose_key_version_is_retired_while_it_is_stored_is_reported_and_the_rest_stored(
+    app: Flask, runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = runtime.vault.store
+    put = store.put
+
+    def put_then_retire(*args: Any, **kwargs: Any) -> Any:
+        result = put(*args, **kwargs)
+        if str(args[0]).startswith("versions/"):
+            monkeypatch.setattr(store, "put", put)  # once, while the first file is stored
+            operator = Actor.operator()
+            runtime.keys.rotate(operator)
+            runtime.keys.retire_below(operator, 2)
+        return result
+
+    monkeypatch.setattr(store, "put", put_then_retire)
+    client = signed_in(app, cast.registrar.email)
+    response = post(
+        client,
+        f"/registrar/students/{cast.child.id}/upload",
+        {
+            "form": "multi",
+            "category": "report_card",
+            "school_year": "2025-2026",
+            "files": [
+                (io.BytesIO(samples.make_pdf(pages=1, text=f"page {n}")), f"card_{n}.pdf")
+                for n in (1, 2)
+            ],
+        },
+        content_type="multipart/form-data",
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200, html  # one file stored
+    rejected = re.search(r'<div role="alert" class="rejected">(.*?)</div>', html, re.S)
+    assert rejected is not None
+    assert (
+        "<strong>card_1.pdf</strong>: The encryption key was retired while this file was being "
+        "stored, so it was not stored. Upload it again." in rejected.group(1)
+    )
+    [document] = runtime.documents.list_folder(cast.registrar, cast.child.id)
+    assert document.title == "card 2"
+    assert len(list(runtime.store.list("versions/"))) == 1  # no object of card_1.pdf
 
 
 def test_single_upload_uses_the_title_and_all_refused_is_422(
