@@ -44,6 +44,7 @@ def run_checks(runtime: Runtime) -> list[CheckResult]:
     """Run every check; never raises for a failing dependency, reports it instead."""
     checks: list[tuple[str, Callable[[Runtime], str]]] = [
         ("database", _check_database),
+        ("database case folding", _check_case_folding),
         ("object store", _check_store),
         ("keyring", _check_keyring),
         ("audit signing key", _check_signer),
@@ -70,6 +71,26 @@ def _check_database(runtime: Runtime) -> str:
             "run `satchel db upgrade`"
         )
     return f"{url} (schema {current})"
+
+
+def _check_case_folding(runtime: Runtime) -> str:
+    # Student and account searches compare lower(column) with a term lower-cased in
+    # Python. SQLite's lower() is Satchel's own (folders.db); PostgreSQL's follows the
+    # database's LC_CTYPE, and folds ASCII letters only under C or POSIX.
+    sample = "ÉMILE ZOË"
+    with runtime.engine.connect() as connection:
+        folded = connection.execute(text("SELECT lower(:sample)"), {"sample": sample}).scalar()
+        if folded == sample.lower():
+            return "lower() folds accented capitals: a search for émile finds Émile"
+        ctype = connection.execute(
+            text("SELECT datctype FROM pg_database WHERE datname = current_database()")
+        ).scalar()
+    raise RuntimeError(
+        f"lower({sample!r}) gives {folded!r} (the database's LC_CTYPE is {ctype!r}), so a "
+        "search for émile does not find Émile; create a database with ENCODING 'UTF8' and "
+        "a UTF-8 LC_CTYPE (e.g. TEMPLATE template0 LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8') "
+        "and restore into it"
+    )
 
 
 def _check_store(runtime: Runtime) -> str:

@@ -82,7 +82,19 @@ def start_cluster(directory: Path) -> str:
         os.chown(directory, kwargs["user"], kwargs["group"])  # type: ignore[arg-type]
     port = _free_port()
     subprocess.run(  # type: ignore[call-overload]
-        [_pg_tool("initdb"), "-D", str(data), "-U", "satchel", "--auth=trust", "--no-sync"],
+        # An explicit UTF-8 locale: under the C locale lower() folds only ASCII letters,
+        # and Satchel's searches (and `satchel doctor`) expect it to fold accents.
+        [
+            _pg_tool("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "satchel",
+            "--auth=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ],
         **kwargs,
     )
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {directory} -c fsync=off"

@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from folders.db import head_revision, make_engine
+from tests.support.db import PostgresServer
 from web.cli import cli
 from web.cli_support import reports_errors
 
@@ -62,7 +64,27 @@ def test_doctor_all_ok_after_init(satchel: Satchel) -> None:
     result = satchel("doctor")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 6 and all(line.startswith("OK") for line in lines)
+    assert len(lines) == 7 and all(line.startswith("OK") for line in lines)
+    assert "OK    database case folding: lower() folds accented capitals" in result.output
+
+
+def test_doctor_fails_a_postgresql_database_whose_lower_folds_ascii_only(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    name = f"satchel_c_{uuid.uuid4().hex[:12]}"
+    postgres_server.execute(
+        f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    try:
+        satchel = Satchel(tmp_path / "data", postgres_server.url_for(name))
+        assert satchel("init").exit_code == 0
+        result = satchel("doctor")
+    finally:
+        postgres_server.drop_database(name)
+    assert result.exit_code == 1
+    [fail] = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert fail.startswith("FAIL  database case folding: lower('ÉMILE ZOË') gives 'Émile zoË'")
+    assert "LC_CTYPE is 'C'" in fail and "LC_CTYPE 'C.UTF-8'" in fail
 
 
 def test_doctor_before_init_fails(satchel: Satchel) -> None:
