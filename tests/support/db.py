@@ -49,8 +49,16 @@ class PostgresServer:
             conn.execute(sql)  # type: ignore[arg-type]
 
     def create_database(self, template: str | None = None) -> str:
+        """A new database: a copy of ``template``, else an empty one in UTF-8 with a UTF-8
+        locale whatever the server's default (under C, lower() folds ASCII only), as the
+        README asks of production databases."""
         name = f"satchel_t_{uuid.uuid4().hex[:12]}"
-        self.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        source = (
+            f'"{template}"'
+            if template
+            else "template0 ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'"
+        )
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE {source}')
         return name
 
     def drop_database(self, name: str) -> None:
