@@ -44,7 +44,7 @@ pytestmark = pytest.mark.postgres
 
 SCALES = {
     "smoke": {"appends": 100, "rounds": 2, "verify": 20_000, "verify_runs": 1},
-    "small": {"appends": 800, "rounds": 3, "verify": 600_000, "verify_runs": 3},
+    "small": {"appends": 500, "rounds": 3, "verify": 540_000, "verify_runs": 2},
     "full": {"appends": 5_000, "rounds": 5, "verify": 1_000_000, "verify_runs": 3},
 }
 GOAL_APPENDS_PER_S = 2_000  # one PostgreSQL writer

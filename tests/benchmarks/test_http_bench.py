@@ -53,7 +53,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 WORKERS = 4
 GUARDIANS = 16  # concurrent clients, one guardian each
 DOCUMENTS_PER_CHILD = 3
-WINDOW_SECONDS = {"smoke": 2.0, "small": 10.0, "full": 30.0}
+WINDOW_SECONDS = {"smoke": 2.0, "small": 7.0, "full": 30.0}
 ROUNDS = 3
 REPO = Path(__file__).resolve().parents[2]
 

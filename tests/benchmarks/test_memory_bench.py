@@ -46,7 +46,7 @@ from tests.support.s3 import S3Service
 
 pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 
-SIZES_MB = {"smoke": 16, "small": 256, "full": 1024}
+SIZES_MB = {"smoke": 16, "small": 192, "full": 1024}
 ROUNDS = 3
 GOAL_MB = 64
 # A letter page scanned at 300 dpi, 8-bit grey: 8.4 MB.
