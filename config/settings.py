@@ -103,6 +103,11 @@ class Settings:
         return self.data_dir / "objects"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where uploads larger than the memory spool spill, encrypted."""
+        return self.data_dir / "tmp"
+
+    @property
     def embedded(self) -> bool:
         """True for the single-machine default: SQLite and the local object store."""
         return self.effective_database_url.startswith("sqlite") and (

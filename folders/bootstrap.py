@@ -39,7 +39,7 @@ def initialize(runtime: Runtime) -> InitReport:
     report = InitReport()
     _make_private_dir(settings.data_dir, report)
     _make_private_dir(settings.effective_keys_dir, report)
-    _make_private_dir(settings.data_dir / "tmp", report)
+    _make_private_dir(settings.spool_dir, report)
     if settings.storage_backend is StorageBackend.LOCAL:
         _make_private_dir(settings.objects_dir, report)
 

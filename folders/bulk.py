@@ -752,7 +752,8 @@ class IngestLock:
     def _advisory_lock(self) -> Iterator[None]:
         with self._engine.connect() as connection:
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            if (connection.dialect.server_version_info or (0,)) >= (14,):
+            exempt = (connection.dialect.server_version_info or (0,)) >= (14,)
+            if exempt:
                 # The connection sits idle for the whole run: a server or role setting
                 # of idle_session_timeout would end it, and the lock with it, silently.
                 connection.execute(text("SET idle_session_timeout = 0"))
@@ -765,6 +766,8 @@ class IngestLock:
                     connection.execute(
                         text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
                     )
+                    if exempt:  # the connection goes back to the pool
+                        connection.execute(text("RESET idle_session_timeout"))
                 except SQLAlchemyError as e:
                     # The lock belongs to the session: a database outage that broke the
                     # connection has released it already, and closing the connection

@@ -144,7 +144,7 @@ def _check_inspection(runtime: Runtime) -> str:
 def _check_spool(runtime: Runtime) -> str:
     # Where Runtime.vault spills uploads larger than its memory spool (the vault itself
     # is not built here: it needs the keyring, which has a check of its own).
-    directory = runtime.settings.data_dir / "tmp"
+    directory = runtime.settings.spool_dir
     probe = b"satchel doctor probe"
     # A spool that holds nothing in memory: the probe goes through a real spill file,
     # encrypted, and is read back. A missing, unwritable or full directory raises

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from audit.events import Action
@@ -131,11 +131,15 @@ class Grants:
             )
             if guardian is None or guardian.role is not Role.GUARDIAN:
                 raise NotFound(f"No guardian account with the email {guardian_email}.")
+            # Locked, so an unlinking or restriction committing meanwhile is waited for
+            # and seen here: it revokes only the grants committed before it.
             link = session.scalar(
-                select(Guardianship).where(
+                select(Guardianship)
+                .where(
                     Guardianship.guardian_id == guardian.id,
                     Guardianship.student_id == student_id,
                 )
+                .with_for_update()
             )
             if link is None or link.ended_at is not None:
                 raise InvalidInput(f"{guardian.email} is not a guardian of this student.")
@@ -317,25 +321,24 @@ def revoke_guardian_grants(
     student_id: uuid.UUID,
     reason: str,
     now: datetime,
-) -> int:
+) -> None:
     """Revoke, in the caller's transaction, every grant of ``guardian_id`` on
     ``student_id`` still in force at ``now`` (expired ones can never work again), each
-    with its event; returns how many. Raises like :func:`revoke_grant`.
+    with its event. Raises like :func:`revoke_grant`.
     """
-    grants = session.scalars(
+    in_force = session.scalars(
         select(Grant)
         .where(
             Grant.guardian_id == guardian_id,
             Grant.student_id == student_id,
             Grant.revoked_at.is_(None),
+            or_(Grant.expires_at.is_(None), Grant.expires_at > now),
         )
         .order_by(Grant.granted_at, Grant.id)
         .with_for_update()
     ).all()
-    in_force = [g for g in grants if g.expires_at is None or g.expires_at > now]
     for grant in in_force:
         revoke_grant(session, audit, actor, grant, reason, now)
-    return len(in_force)
 
 
 def _link_of(session: Session, grant: Grant) -> GuardianLink | None:

@@ -78,7 +78,7 @@ class Runtime:
             self.store,
             self.keyring,
             max_bytes=self.settings.max_upload_bytes,
-            spool_dir=self.settings.data_dir / "tmp",
+            spool_dir=self.settings.spool_dir,
         )
 
     @cached_property

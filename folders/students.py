@@ -386,9 +386,9 @@ class Students:
     ) -> tuple[Guardianship, User]:
         guardian = self._guardian_user(session, email)
         link = session.scalar(
-            select(Guardianship).where(
-                Guardianship.guardian_id == guardian.id, Guardianship.student_id == student_id
-            )
+            select(Guardianship)
+            .where(Guardianship.guardian_id == guardian.id, Guardianship.student_id == student_id)
+            .with_for_update()
         )
         if link is None:
             raise NotFound(f"{guardian.email} is not a guardian of this student.")

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time
 from flask import Blueprint, request
 
 from folders.categories import RETENTION, Category
-from folders.grants import GrantInfo
+from folders.grants import GrantInfo, GrantStatus
 from folders.models import GrantScope
 
 MAX_PAGE_DIGITS = 6  # page 999,999 at most: far past any real list, and cheap to parse
@@ -80,8 +80,20 @@ def scope_phrase(grant: GrantInfo) -> str:
     return f"the document “{grant.document_title}”"
 
 
+_WHY_UNSEEN = {
+    GrantStatus.GUARDIAN_RESTRICTED: "while restricted",
+    GrantStatus.GUARDIAN_UNLINKED: "while no longer linked as a guardian",
+}
+
+
+def why_unseen(status: GrantStatus) -> str:
+    """Why a grant listed with the active ones gives its guardian nothing, for a sentence."""
+    return _WHY_UNSEEN.get(status, f"({status.value})")
+
+
 def register_filters(bp: Blueprint) -> None:
     bp.add_app_template_filter(when, "when")
     bp.add_app_template_filter(size, "size")
     bp.add_app_template_filter(category_label, "category_label")
     bp.add_app_template_filter(scope_phrase, "scope_phrase")
+    bp.add_app_template_filter(why_unseen, "why_unseen")

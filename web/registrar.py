@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO, cast
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -283,18 +282,20 @@ def _store_one(
     return UploadOutcome(name, document=info)
 
 
-def received(upload_file: FileStorage) -> BinaryIO | Spool:
+def received(upload_file: FileStorage) -> Spool:
     """The uploaded file as it arrived: the encrypted spool the form parser wrote it into
     (web.app.SpoolingRequest), which is stored without another copy.
 
     Raises what stopped the spooling: UploadTooLarge (the file is over the limit) or
-    SpoolUnavailable (a StorageUnavailable: the spool directory is missing or full).
+    SpoolUnavailable (a StorageUnavailable: the spool directory is missing or full);
+    TypeError for a file that did not come through that parser.
     """
     stream = upload_file.stream
-    if isinstance(stream, SpoolFile):
-        return stream.spool()
-    # A FileStorage made some other way (never by the app's requests).
-    return cast(BinaryIO, stream)
+    if not isinstance(stream, SpoolFile):
+        # SECURITY: any other stream means the upload went through werkzeug's own
+        # parser, which leaves large files in plaintext in the system temp directory.
+        raise TypeError(f"upload stream is a {type(stream).__name__}, not the encrypted spool")
+    return stream.spool()
 
 
 def title_from_filename(filename: str) -> str:

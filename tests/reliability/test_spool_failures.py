@@ -18,9 +18,7 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -37,7 +35,7 @@ from folders.runtime import Runtime
 from storage.errors import StorageUnavailable
 from storage.ingest import SpoolUnavailable
 from tests.support import samples
-from tests.support.disks import FullDisk
+from tests.support.disks import FullDisk, fill_disk
 from tests.support.people import Cast
 from tests.web import helpers
 from tests.web.helpers import events, signed_in
@@ -68,13 +66,7 @@ def break_spool_dir(
         shutil.rmtree(spool_dir)
         spool_dir.write_bytes(b"")
     else:
-        real = tempfile.TemporaryFile
-
-        def on_a_full_disk(*args: Any, **kwargs: Any) -> FullDisk:
-            disks.append(FullDisk(real(*args, **kwargs), room))
-            return disks[-1]
-
-        monkeypatch.setattr(tempfile, "TemporaryFile", on_a_full_disk)
+        disks = fill_disk(monkeypatch, room)
     return spool_dir, disks
 
 
