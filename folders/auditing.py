@@ -41,3 +41,23 @@ def event_for(
         client_address=actor.context.client_address,
         user_agent=actor.context.user_agent,
     )
+
+
+def denied(
+    actor: Actor,
+    detail: str,
+    *,
+    student_id: uuid.UUID | None = None,
+    document_id: uuid.UUID | None = None,
+    version_id: uuid.UUID | None = None,
+) -> Event:
+    """The ``access.denied`` event of a refusal; ``detail`` says what was asked and why not."""
+    return event_for(
+        actor,
+        Action.ACCESS_DENIED,
+        Outcome.DENIED,
+        student_id=student_id,
+        document_id=document_id,
+        version_id=version_id,
+        detail=detail,
+    )

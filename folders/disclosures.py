@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Outcome, RecordedEvent
 from audit.log import AuditLog, EventFilter, Page, last_page
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import denied, event_for
 from folders.errors import Forbidden, NotFound
-from folders.models import Document, Grant, Guardianship, Role, Student
-from folders.policy import Decision, GrantFacts, GuardianLink, Permission, Resource, decide
+from folders.links import guardian_link
+from folders.models import Document, Grant, Role, Student
+from folders.policy import Decision, GrantFacts, Permission, Resource, decide
 
 DEFAULT_PURPOSE = "Educational interest (FERPA school official)"
 STAFF_PURPOSES = (
@@ -147,15 +148,8 @@ class Disclosures:
             view = self._guardian_view(session, actor, actor.user_id, student_id)
         if isinstance(view, Decision):
             # SECURITY: every refusal is audited, and answers as a missing student does.
-            self._audit.record(
-                event_for(
-                    actor,
-                    Action.ACCESS_DENIED,
-                    Outcome.DENIED,
-                    student_id=student_id,
-                    detail=f"record of disclosures: {view.reason.value}",
-                )
-            )
+            detail = f"record of disclosures: {view.reason.value}"
+            self._audit.record(denied(actor, detail, student_id=student_id))
             raise NotFound()
         own_grants, visible = view.own_grants, view.visible_documents
 
@@ -264,13 +258,7 @@ class Disclosures:
     ) -> _GuardianView | Decision:
         """What the guardian's record of disclosures needs, or the policy's refusal."""
         now = self._clock()
-        row = session.scalar(
-            select(Guardianship).where(
-                Guardianship.guardian_id == guardian_id,
-                Guardianship.student_id == student_id,
-            )
-        )
-        link = GuardianLink(row.restricted, row.ended_at) if row is not None else None
+        link = guardian_link(session, guardian_id, student_id)
         decision = decide(
             actor, Permission.VIEW_STUDENT, Resource(student_id=student_id, link=link), now
         )

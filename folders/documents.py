@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Event, Outcome
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import denied, event_for
 from folders.categories import Category
 from folders.db import reading_session
 from folders.errors import Conflict, Forbidden, InvalidInput, KeyRetiredDuringUpload, NotFound
+from folders.links import guardian_links
 from folders.models import (
     Base,
     Document,
@@ -433,7 +434,7 @@ class Documents:
             by_student: dict[uuid.UUID, list[Grant]] = {}
             for grant in grants:
                 by_student.setdefault(grant.student_id, []).append(grant)
-            links = self._links(session, actor.user_id, list(by_student))
+            links = guardian_links(session, actor.user_id, by_student)
             candidates = session.scalars(
                 select(Document).where(Document.student_id.in_(list(by_student)))
             ).all()
@@ -524,17 +525,14 @@ class Documents:
                 version = None  # SECURITY: guardians see the current version only
         decision = decide(actor, Permission.VIEW_DOCUMENT, resource, now)
         if document is None or version is None or not decision.allowed:
+            why = decision.reason.value if document else "no such document or version"
             self._audit.record(
-                event_for(
+                denied(
                     actor,
-                    Action.ACCESS_DENIED,
-                    Outcome.DENIED,
+                    f"{action.value}: {why}",
                     student_id=document.student_id if document else None,
                     document_id=document_id,
                     version_id=version_id,
-                    detail=f"{action.value}: {decision.reason.value}"
-                    if document
-                    else f"{action.value}: no such document or version",
                 )
             )
             if is_staff and document is not None and not decision.allowed:
@@ -694,11 +692,7 @@ class Documents:
         versions = list(dict.fromkeys(v for _, v, _, _ in rows if v is not None))
         grants = dict.fromkeys(grant for _, _, _, grant in rows if grant is not None)
         guardianship = rows[0][2]
-        link = (
-            GuardianLink(guardianship.restricted, guardianship.ended_at)
-            if guardianship is not None
-            else None
-        )
+        link = GuardianLink.of(guardianship) if guardianship is not None else None
         resource = Resource(
             document.student_id,
             document.id,
@@ -717,18 +711,6 @@ class Documents:
         if not rows:
             return None, []
         return rows[0][0], [version for _, version in rows if version is not None]
-
-    @staticmethod
-    def _links(
-        session: Session, guardian_id: uuid.UUID, student_ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, GuardianLink]:
-        rows = session.scalars(
-            select(Guardianship).where(
-                Guardianship.guardian_id == guardian_id,
-                Guardianship.student_id.in_(student_ids),
-            )
-        ).all()
-        return {r.student_id: GuardianLink(r.restricted, r.ended_at) for r in rows}
 
     @staticmethod
     def _versions(session: Session, document_id: uuid.UUID) -> list[DocumentVersion]:

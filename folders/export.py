@@ -11,7 +11,8 @@ The scratch directory holds decrypted documents, so an export that is killed (``
 -9``, out of memory, power loss) must not leave it behind for good. A live export holds
 an exclusive ``flock`` on its scratch directory, which dies with its process; each
 export first removes the scratch directories in its destination's parent that match
-:data:`_SCRATCH_NAME`, belong to this user, and whose lock no process holds.
+:data:`_SCRATCH_NAME`, belong to this user, and whose lock no process holds. A scratch
+directory that such a clean-up removes between its making and its lock is made again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from audit.errors import AuditError
 from audit.events import Action, Outcome
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import denied, event_for
 from folders.documents import Documents
 from folders.errors import FoldersError, Forbidden, InvalidInput, NotFound
 from folders.models import Document, DocumentVersion, Student
@@ -136,15 +137,8 @@ class FolderExport:
             decide(actor, Permission.LIST_FOLDER, resource, now).allowed
             and decide(actor, Permission.VIEW_DOCUMENT, resource, now).allowed
         ):
-            self._audit.record(
-                event_for(
-                    actor,
-                    Action.ACCESS_DENIED,
-                    Outcome.DENIED,
-                    student_id=student_id,
-                    detail=f"{Action.FOLDER_EXPORT.value}: role not permitted",
-                )
-            )
+            detail = f"{Action.FOLDER_EXPORT.value}: role not permitted"
+            self._audit.record(denied(actor, detail, student_id=student_id))
             raise Forbidden()
 
     def export(
@@ -357,23 +351,8 @@ def _check_destination(out_dir: Path) -> Path:
 def _scratch_for(destination: Path) -> Iterator[Path]:
     """A new private scratch directory beside ``destination``, locked for the block and
     removed unless the block renamed it away. Raises ExportFailed if it cannot be made."""
-    prefix = _SCRATCH_PREFIX.format(name=destination.name)
+    scratch, fd = _locked_scratch(destination)
     try:
-        scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
-    except OSError as e:
-        raise ExportFailed.cannot(f"create a directory in {destination.parent}", e) from e
-    try:
-        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise ExportFailed.cannot(f"open {scratch}", e) from e
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            # Only another export's clean-up could hold it, in the instant between
-            # mkdtemp and this lock: it is removing the directory.
-            raise ExportFailed.cannot(f"lock {scratch}", e) from e
         yield scratch
     except BaseException:
         # SECURITY: decrypted documents do not outlive a failed export. If this fails
@@ -382,6 +361,45 @@ def _scratch_for(destination: Path) -> Iterator[Path]:
         raise
     finally:
         os.close(fd)  # releases the lock
+
+
+# Another export's clean-up takes a scratch directory made but not yet locked for
+# abandoned: the directory is made again, a few times at most.
+_SCRATCH_ATTEMPTS = 5
+
+
+def _locked_scratch(destination: Path) -> tuple[Path, int]:
+    """Make a scratch directory beside ``destination`` and lock it; returns it and the
+    descriptor holding the lock. Raises ExportFailed."""
+    prefix = _SCRATCH_PREFIX.format(name=destination.name)
+    for _ in range(_SCRATCH_ATTEMPTS):
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
+        except OSError as e:
+            raise ExportFailed.cannot(f"create a directory in {destination.parent}", e) from e
+        try:
+            fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue  # removed by a clean-up between mkdtemp and open
+        except OSError as e:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise ExportFailed.cannot(f"open {scratch}", e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A clean-up that locked it first has removed it (or is removing it): the
+            # path then names nothing, or something else.
+            if os.stat(scratch, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return scratch, fd
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        except OSError as e:
+            os.close(fd)
+            raise ExportFailed.cannot(f"lock {scratch}", e) from e
+        os.close(fd)
+    raise ExportFailed(
+        f"Could not make a scratch directory in {destination.parent}: other exports' "
+        f"clean-ups removed it {_SCRATCH_ATTEMPTS} times. Try again."
+    )
 
 
 def remove_abandoned_exports(parent: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:

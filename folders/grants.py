@@ -18,6 +18,7 @@ from folders.auditing import event_for
 from folders.categories import Category
 from folders.documents import parse_category
 from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.links import guardian_link
 from folders.models import Document, Grant, GrantScope, Guardianship, Role, Student, User
 from folders.policy import GrantFacts, GuardianLink, Permission, Reason, Resource, decide
 from folders.text import clean_text
@@ -178,7 +179,7 @@ class Grants:
                     + (f" until {expires_at.isoformat()}" if expires_at else ""),
                 ),
             )
-            info = self._info(session, grant, GuardianLink(link.restricted, link.ended_at))
+            info = self._info(session, grant, GuardianLink.of(link))
         self._audit.maybe_checkpoint()
         return info
 
@@ -195,7 +196,9 @@ class Grants:
             if grant is None:
                 raise NotFound("No such grant.")
             revoke_grant(session, self._audit, actor, grant, why, self._clock())
-            info = self._info(session, grant, _link_of(session, grant))
+            info = self._info(
+                session, grant, guardian_link(session, grant.guardian_id, grant.student_id)
+            )
         self._audit.maybe_checkpoint()
         return info
 
@@ -219,7 +222,7 @@ class Grants:
                 .order_by(Grant.granted_at.desc())
             ).all()
             links = {
-                row.guardian_id: GuardianLink(row.restricted, row.ended_at)
+                row.guardian_id: GuardianLink.of(row)
                 for row in session.scalars(
                     select(Guardianship).where(Guardianship.student_id == student_id)
                 )
@@ -339,16 +342,6 @@ def revoke_guardian_grants(
     ).all()
     for grant in in_force:
         revoke_grant(session, audit, actor, grant, reason, now)
-
-
-def _link_of(session: Session, grant: Grant) -> GuardianLink | None:
-    row = session.scalar(
-        select(Guardianship).where(
-            Guardianship.guardian_id == grant.guardian_id,
-            Guardianship.student_id == grant.student_id,
-        )
-    )
-    return GuardianLink(row.restricted, row.ended_at) if row is not None else None
 
 
 def _user_id(actor: Actor) -> uuid.UUID:

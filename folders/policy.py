@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from folders.actor import Actor
 from folders.categories import Category
-from folders.models import Grant, GrantScope, Role
+from folders.models import Grant, GrantScope, Guardianship, Role
 
 
 class Permission(StrEnum):
@@ -57,6 +57,11 @@ class GuardianLink:
 
     restricted: bool
     ended_at: datetime | None
+
+    @classmethod
+    def of(cls, guardianship: Guardianship) -> GuardianLink:
+        """What the policy needs to know of a stored guardianship."""
+        return cls(guardianship.restricted, guardianship.ended_at)
 
 
 @dataclass(frozen=True)

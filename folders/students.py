@@ -11,14 +11,15 @@ from sqlalchemy import Engine, String, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from audit.events import Action, Outcome
+from audit.events import Action
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import denied, event_for
 from folders.errors import Conflict, Forbidden, NotFound
 from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
+from folders.links import guardian_link
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
-from folders.policy import Decision, GuardianLink, Permission, Resource, decide
+from folders.policy import Decision, Permission, Resource, decide
 from folders.text import clean_text
 
 # What a staff search matches each term in: names and ids, lower-cased, space-separated
@@ -151,15 +152,8 @@ class Students:
             info = self._student_info(session, student) if student is not None else None
         if not decision.allowed:
             # SECURITY: "not yours" is indistinguishable from "does not exist", and audited.
-            self._audit.record(
-                event_for(
-                    actor,
-                    Action.ACCESS_DENIED,
-                    Outcome.DENIED,
-                    student_id=student_id,
-                    detail=f"{Permission.VIEW_STUDENT.value}: {decision.reason.value}",
-                )
-            )
+            detail = f"{Permission.VIEW_STUDENT.value}: {decision.reason.value}"
+            self._audit.record(denied(actor, detail, student_id=student_id))
             raise NotFound()
         if info is None:
             raise NotFound()
@@ -342,14 +336,7 @@ class Students:
     def _student_view(self, session: Session, actor: Actor, student_id: uuid.UUID) -> Decision:
         link = None
         if actor.role is Role.GUARDIAN and actor.user_id is not None:
-            row = session.scalar(
-                select(Guardianship).where(
-                    Guardianship.guardian_id == actor.user_id,
-                    Guardianship.student_id == student_id,
-                )
-            )
-            if row is not None:
-                link = GuardianLink(row.restricted, row.ended_at)
+            link = guardian_link(session, actor.user_id, student_id)
         resource = Resource(student_id=student_id, link=link)
         return decide(actor, Permission.VIEW_STUDENT, resource, self._clock())
 

@@ -6,6 +6,11 @@ Every error carries a ``public_message`` that is safe to show to an end user; th
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
+from pathlib import Path
+
 
 class StorageError(Exception):
     """Root of every error raised by :mod:`storage`."""
@@ -28,10 +33,41 @@ class StorageUnavailable(StorageError):
 
     public_message = "The document store is unavailable; try again later."
 
-    def __init__(self, endpoint: str, detail: str) -> None:
-        super().__init__(f"object store at {endpoint} is unavailable: {detail}")
+    def __init__(self, endpoint: str, detail: str, *, message: str | None = None) -> None:
+        super().__init__(message or f"object store at {endpoint} is unavailable: {detail}")
         self.endpoint = endpoint
         self.detail = detail
+
+
+class SpoolUnavailable(StorageUnavailable):
+    """The upload spool directory refused a spill file or a write to it: it is missing,
+    not a directory, not writable, full, or failing.
+
+    ``str()`` names the directory, what failed and the operating system's reason (for
+    the log and ``satchel doctor``); the public message gives the reason, not the
+    server's path. A StorageUnavailable, so the web answers 503.
+    """
+
+    def __init__(self, directory: Path | None, action: str, error: OSError) -> None:
+        where = str(directory) if directory is not None else tempfile.gettempdir()
+        detail = f"{action}: {_os_reason(error)}"
+        super().__init__(where, detail, message=f"upload spool directory {where}: {detail}")
+        self.directory = Path(where)
+        self.errno = error.errno
+        cause = os.strerror(error.errno) if error.errno else "an operating system error"
+        self.public_message = (
+            f"The server's temporary space for large uploads failed ({cause}), so this file "
+            "was not stored. Try again later; if it keeps failing, tell an operator "
+            "(`satchel doctor` names the problem)."
+        )
+
+
+def _os_reason(error: OSError) -> str:
+    """The operating system's reason and its errno name: "No space left on device (ENOSPC)"."""
+    if not error.errno:
+        return str(error) or type(error).__name__
+    name = errno.errorcode.get(error.errno, f"errno {error.errno}")
+    return f"{os.strerror(error.errno)} ({name})"
 
 
 class IntegrityError(StorageError):

@@ -19,7 +19,6 @@ is atomic, and a failure after it deletes the object again.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -43,7 +42,12 @@ from storage.envelope import (
     decrypt,
     sealed_size,
 )
-from storage.errors import IntegrityError, StorageError, StorageUnavailable, UploadTooLarge
+from storage.errors import (
+    IntegrityError,
+    SpoolUnavailable,
+    StorageError,
+    UploadTooLarge,
+)
 from storage.inspect import Inspection, LimitedReader, inspect, safe_filename
 from storage.keyring import Keyring
 from storage.objects import ObjectStore
@@ -278,40 +282,6 @@ class Vault:
 
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-class SpoolUnavailable(StorageUnavailable):
-    """The spool directory refused a spill file or a write to it: it is missing, not a
-    directory, not writable, full, or failing.
-
-    ``str()`` names the directory, what failed and the operating system's reason (for
-    the log and ``satchel doctor``); the public message gives the reason, not the
-    server's path. A StorageUnavailable, so the web answers 503.
-    """
-
-    def __init__(self, directory: Path | None, action: str, error: OSError) -> None:
-        where = str(directory) if directory is not None else tempfile.gettempdir()
-        reason = _os_reason(error)
-        # StorageUnavailable's own text says "object store at ...": this is a directory.
-        StorageError.__init__(self, f"upload spool directory {where}: {action}: {reason}")
-        self.endpoint = where
-        self.detail = f"{action}: {reason}"
-        self.directory = Path(where)
-        self.errno = error.errno
-        cause = os.strerror(error.errno) if error.errno else "an operating system error"
-        self.public_message = (
-            f"The server's temporary space for large uploads failed ({cause}), so this file "
-            "was not stored. Try again later; if it keeps failing, tell an operator "
-            "(`satchel doctor` names the problem)."
-        )
-
-
-def _os_reason(error: OSError) -> str:
-    """The operating system's reason and its errno name: "No space left on device (ENOSPC)"."""
-    if not error.errno:
-        return str(error) or type(error).__name__
-    name = errno.errorcode.get(error.errno, f"errno {error.errno}")
-    return f"{os.strerror(error.errno)} ({name})"
 
 
 class SpoolWriter:

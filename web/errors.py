@@ -2,7 +2,7 @@
 
 Not found and not yours are both 404; a refused file is 422 (413 when too large);
 an unavailable object store, audit log or database is 503, and so is a full or missing
-upload spool directory (storage.ingest.SpoolUnavailable, a StorageUnavailable). A
+upload spool directory (storage.errors.SpoolUnavailable, a StorageUnavailable). A
 document whose object is missing from the store is a 500: the record exists, its
 content was lost. An audit trail that fails an integrity check is a 500 that says so.
 ``docs/operations.md`` lists every status with its cause and what an operator does

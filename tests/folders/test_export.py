@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -551,6 +551,45 @@ def test_the_next_export_removes_what_killed_exports_left_and_nothing_else(
         cast.registrar, cast.child.id, transfer / "again", purpose=PURPOSE
     )
     assert again.abandoned_removed == (live,) and not live.exists()
+
+
+@pytest.mark.parametrize("runtime", ["local"], indirect=True)
+@pytest.mark.parametrize("when", ["before its open", "before its lock"])
+def test_an_export_whose_new_scratch_directory_another_clean_up_takes_makes_another(
+    runtime: Runtime, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A concurrent export's clean-up can find a scratch directory in the instant between
+    its making and its lock, and remove it as abandoned: the export makes another."""
+    _info, data = upload_pdf(runtime, cast, cast.child)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    taken: list[Path] = []
+    make, open_dir = tempfile.mkdtemp, os.open
+
+    def made_then_taken(*args: Any, **kwargs: Any) -> str:
+        made = make(*args, **kwargs)
+        if when == "before its open" and not taken:
+            taken.extend(remove_abandoned_exports(transfer)[0])
+        return made
+
+    def opened_then_taken(path: Any, *args: Any, **kwargs: Any) -> int:
+        fd = open_dir(path, *args, **kwargs)
+        if when == "before its lock" and not taken and ".out.partial-" in str(path):
+            monkeypatch.setattr("folders.export.os.open", open_dir)  # the clean-up's own
+            taken.extend(remove_abandoned_exports(transfer)[0])
+        return fd
+
+    monkeypatch.setattr("folders.export.tempfile.mkdtemp", made_then_taken)
+    monkeypatch.setattr("folders.export.os.open", opened_then_taken)
+    result = exporter(runtime).export(
+        cast.registrar, cast.child.id, transfer / "out", purpose=PURPOSE
+    )
+
+    assert len(taken) == 1 and taken[0].name.startswith(".out.partial-")
+    assert result.directory == transfer / "out"
+    [entry] = json.loads((transfer / "out" / "manifest.json").read_bytes())["documents"]
+    assert (transfer / "out" / entry["file"]).read_bytes() == data
+    assert [p.name for p in transfer.iterdir()] == ["out"]
 
 
 _HOLDER = """

@@ -32,8 +32,7 @@ from audit.events import Action
 from folders.doctor import run_checks
 from folders.models import Document, DocumentVersion
 from folders.runtime import Runtime
-from storage.errors import StorageUnavailable
-from storage.ingest import SpoolUnavailable
+from storage.errors import SpoolUnavailable, StorageUnavailable
 from tests.support import samples
 from tests.support.disks import FullDisk, fill_disk
 from tests.support.people import Cast

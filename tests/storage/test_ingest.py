@@ -19,6 +19,7 @@ from storage.errors import (
     ContentRejected,
     IntegrityError,
     ObjectNotFound,
+    SpoolUnavailable,
     StorageUnavailable,
     UploadTooLarge,
 )
@@ -26,7 +27,6 @@ from storage.ingest import (
     SealedRef,
     Spool,
     SpoolFile,
-    SpoolUnavailable,
     SpoolWriter,
     StoredFile,
     Vault,
