@@ -2,7 +2,8 @@
 
 Every figure is a median over repeated, interleaved runs with its spread, and every
 speed is also given as a ratio to a baseline measured in the same run on the same
-services. `make bench` prints the table and writes ``var/bench/results.json``.
+services. `make bench` prints the table, then where the goals stand (``goals.py``), and
+writes both to ``var/bench/results.json``.
 
 ``SATCHEL_BENCH_SCALE`` is ``small`` (the default), ``full`` (the sizes of the goals) or
 ``smoke``: the smallest sizes, which ``make test`` runs so that every benchmark, and the
@@ -30,6 +31,7 @@ from sqlalchemy import Column, Index, MetaData, Table
 from audit.models import EVENTS
 from folders.runtime import Runtime
 from tests.benchmarks.district import open_site, site_settings
+from tests.benchmarks.goals import goals_table, judge
 from tests.support.s3 import S3Service
 
 if TYPE_CHECKING:
@@ -170,6 +172,9 @@ def results() -> Iterator[Results]:
     if not collected.figures:
         return
     print("\n" + collected.table() + "\n")
+    if collected.scale != "smoke":
+        verdicts = judge({f.key: f.value for f in collected.figures}, collected.scale)
+        print(f"Goals, scale {collected.scale}\n\n{goals_table(verdicts)}\n")
     path = results_path()
     if path is None:
         return
@@ -181,9 +186,14 @@ def results() -> Iterator[Results]:
         else {}
     )
     merged |= {f.key: asdict(f) for f in collected.figures}
-    path.write_text(
-        json.dumps({"scale": collected.scale, "figures": list(merged.values())}, indent=2) + "\n"
-    )
+    # The goals of the file's figures, which may include an earlier run's (see above).
+    goals = judge({key: f["value"] for key, f in merged.items()}, collected.scale)
+    saved = {
+        "scale": collected.scale,
+        "figures": list(merged.values()),
+        "goals": [asdict(v) | {"status": v.status} for v in goals],
+    }
+    path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 @pytest.fixture
