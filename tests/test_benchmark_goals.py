@@ -14,6 +14,8 @@ MET = {
     "download_1gb_peak_rss_mb": 8,
     "http_5xx": 0,
     "audit_matches": 1,
+    "pipeline_upload_ratio": 0.86,
+    "pipeline_read_ratio": 1.0,
 }
 
 

@@ -39,6 +39,9 @@ GOALS = (
     Goal("download_1gb_peak_rss_mb", 64, at_least=False, full_scale_only=True),
     Goal("http_5xx", 0, at_least=False, shown="= 0"),
     Goal("audit_matches", 1, at_least=True, shown="= 1 (true)"),
+    # The storage pipeline alone (store and open one file, no SQL or audit) against boto3.
+    Goal("pipeline_upload_ratio", 0.85, at_least=True),
+    Goal("pipeline_read_ratio", 0.85, at_least=True),
 )
 
 
