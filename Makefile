@@ -2,6 +2,7 @@
 #   make serve   set up and run Satchel on its embedded default (SQLite + local objects)
 #   make test    set up and run lint, type checks and the whole test suite on real services
 #   make bench   benchmarks (SATCHEL_BENCH_SCALE=small|full)
+#   make profile one benchmark under py-spy: a flame graph in var/bench/
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,12 +10,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test bench lint typecheck clean
+.PHONY: help serve test bench profile lint typecheck clean
 
 help:
 	@echo "make serve   run Satchel on http://$${SATCHEL_BIND:-127.0.0.1:8000}/ (SQLite + local store in ./var)"
 	@echo "make test    lint, type checks and the whole test suite (starts SeaweedFS and PostgreSQL)"
 	@echo "make bench   benchmarks; SATCHEL_BENCH_SCALE=small|full"
+	@echo "make profile BENCH=ingest_and_read   one benchmark (pytest -k) under py-spy: var/bench/profile-BENCH.svg"
 	@echo "make lint | make typecheck | make clean"
 
 # Debian packages are installed only when missing (as root, or through sudo).
@@ -55,6 +57,13 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	bash tests/run-suite.sh --bench
+
+# BENCH picks the benchmarks (pytest -k); PROFILE_OPTIONS go to py-spy record (--gil, --idle,
+# --rate N, --native). The run's figures are saved apart: the sampling slows it down.
+BENCH ?= ingest_and_read
+profile: $(VENV)/.test-installed
+	SATCHEL_BENCH_PROFILE="var/bench/profile-$(BENCH).svg" SATCHEL_PROFILE_OPTIONS="$(PROFILE_OPTIONS)" \
+	  SATCHEL_BENCH_RESULTS="var/bench/profile-$(BENCH).json" bash tests/run-suite.sh --bench -k "$(BENCH)"
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

