@@ -173,8 +173,9 @@ def check_school_year(value: str | None) -> str | None:
 
 
 def parse_category(value: str | Category) -> Category:
+    """The category named ``value``, in any case; InvalidInput for an unknown one."""
     try:
-        return Category(value)
+        return Category(value.strip().lower())
     except ValueError:
         choices = ", ".join(c.value for c in Category)
         raise InvalidInput(f"Unknown category {value!r}; use one of: {choices}.") from None
@@ -525,7 +526,12 @@ class Documents:
                 version = None  # SECURITY: guardians see the current version only
         decision = decide(actor, Permission.VIEW_DOCUMENT, resource, now)
         if document is None or version is None or not decision.allowed:
-            why = decision.reason.value if document else "no such document or version"
+            if document is None:
+                why = "no such document"
+            elif not decision.allowed:
+                why = decision.reason.value
+            else:
+                why = "no such version" if is_staff else "not the current version"
             self._audit.record(
                 denied(
                     actor,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, Select, or_, select
 from sqlalchemy.orm import Session
 
 from audit.events import Action
@@ -17,7 +17,7 @@ from folders.actor import Actor
 from folders.auditing import event_for
 from folders.categories import Category
 from folders.documents import parse_category
-from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.links import guardian_link
 from folders.models import Document, Grant, GrantScope, Guardianship, Role, Student, User
 from folders.policy import GrantFacts, GuardianLink, Permission, Reason, Resource, decide
@@ -112,7 +112,8 @@ class Grants:
 
         Raises Forbidden (not a registrar), NotFound (student, guardian, document),
         InvalidInput (restricted or unlinked guardian, past expiry, scope mismatch),
-        AuditUnavailable (then no grant exists).
+        Conflict (the guardian has a grant of this same scope in force already: a second
+        one would outlive revoking the first), AuditUnavailable (then no grant exists).
         """
         self._require(actor)
         now = self._clock()
@@ -154,6 +155,22 @@ class Grants:
                 document = session.get(Document, document_id)
                 if document is None or document.student_id != student_id:
                     raise NotFound("No such document in this student's folder.")
+            same = session.scalars(
+                _in_force(now).where(
+                    Grant.guardian_id == guardian.id,
+                    Grant.student_id == student_id,
+                    Grant.scope == scope,
+                    Grant.category.is_not_distinct_from(category),
+                    Grant.document_id.is_not_distinct_from(document_id),
+                )
+            ).first()
+            if same is not None:
+                until = f" until {same.expires_at:%Y-%m-%d}" if same.expires_at else ""
+                raise Conflict(
+                    f"{guardian.email} has the {_scope_text(scope, category, document)} "
+                    f"shared with them already{until}; nothing was changed. To change when "
+                    "it ends, revoke that grant and share again."
+                )
             grant = Grant(
                 guardian_id=guardian.id,
                 student_id=student_id,
@@ -201,6 +218,41 @@ class Grants:
             )
         self._audit.maybe_checkpoint()
         return info
+
+    def still_sharing(self, actor: Actor, grant_id: uuid.UUID) -> list[GrantInfo]:
+        """The guardian's other grants in force that cover all that ``grant_id`` covers
+        (a folder grant covers any category or document of the folder, a category grant
+        its documents): after revoking it, what still shares the same records.
+
+        Raises Forbidden, NotFound.
+        """
+        self._require(actor)
+        now = self._clock()
+        with Session(self._engine) as session:
+            grant = session.get(Grant, grant_id)
+            if grant is None:
+                raise NotFound("No such grant.")
+            document = session.get(Document, grant.document_id) if grant.document_id else None
+            category = document.category if document is not None else grant.category
+            others = session.scalars(
+                _in_force(now)
+                .where(
+                    Grant.guardian_id == grant.guardian_id,
+                    Grant.student_id == grant.student_id,
+                    Grant.id != grant.id,
+                )
+                .order_by(Grant.granted_at)
+            ).all()
+            link = guardian_link(session, grant.guardian_id, grant.student_id)
+            return [
+                self._info(session, other, link)
+                for other in others
+                if other.scope is GrantScope.FOLDER
+                or (
+                    grant.scope is not GrantScope.FOLDER
+                    and GrantFacts.of(other).covers(grant.document_id, category)
+                )
+            ]
 
     def list_for_student(
         self, actor: Actor, student_id: uuid.UUID, *, include_inactive: bool = False
@@ -330,13 +382,8 @@ def revoke_guardian_grants(
     with its event. Raises like :func:`revoke_grant`.
     """
     in_force = session.scalars(
-        select(Grant)
-        .where(
-            Grant.guardian_id == guardian_id,
-            Grant.student_id == student_id,
-            Grant.revoked_at.is_(None),
-            or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-        )
+        _in_force(now)
+        .where(Grant.guardian_id == guardian_id, Grant.student_id == student_id)
         .order_by(Grant.granted_at, Grant.id)
         .with_for_update()
     ).all()
@@ -348,6 +395,13 @@ def _user_id(actor: Actor) -> uuid.UUID:
     if actor.user_id is None:
         raise Forbidden("Grants are made and revoked as a registrar account (use --as EMAIL).")
     return actor.user_id
+
+
+def _in_force(now: datetime) -> Select[tuple[Grant]]:
+    """Grants neither revoked nor expired at ``now``."""
+    return select(Grant).where(
+        Grant.revoked_at.is_(None), or_(Grant.expires_at.is_(None), Grant.expires_at > now)
+    )
 
 
 def _scope_text(scope: GrantScope, category: Category | None, document: Document | None) -> str:

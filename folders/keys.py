@@ -154,6 +154,13 @@ class KeyManagement:
         (keys still wrapped under those versions), KeyringError, AuditUnavailable.
         """
         self._require(actor)
+        active = self._keyring.active_version
+        if min_version > active:
+            raise InvalidInput(
+                f"Retiring the versions below {min_version} would retire the active "
+                f"version {active}, which wraps the data keys of new uploads; nothing was "
+                "changed. Run `satchel keys rotate` to make a new active version first."
+            )
         with Session(self._engine) as session, session.begin():
             hold_off_writers(session, DocumentVersion.__tablename__)
             still = session.scalar(

@@ -80,6 +80,11 @@ def scope_phrase(grant: GrantInfo) -> str:
     return f"the document “{grant.document_title}”"
 
 
+def until_text(grant: GrantInfo) -> str:
+    """ " until YYYY-MM-DD" for a grant that expires, else nothing."""
+    return f" until {grant.expires_at:%Y-%m-%d}" if grant.expires_at else ""
+
+
 _WHY_UNSEEN = {
     GrantStatus.GUARDIAN_RESTRICTED: "while restricted",
     GrantStatus.GUARDIAN_UNLINKED: "while no longer linked as a guardian",

@@ -25,7 +25,13 @@ from folders.actor import Actor
 from folders.categories import RETENTION, Category
 from folders.disclosures import DEFAULT_PURPOSE, STAFF_PURPOSES
 from folders.documents import DocumentInfo, check_school_year, parse_category
-from folders.errors import DatabaseUnavailable, InvalidInput, KeyRetiredDuringUpload, NotFound
+from folders.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    KeyRetiredDuringUpload,
+    NotFound,
+)
 from folders.models import GrantScope, Relationship, Role
 from folders.text import clean_text
 from storage.errors import ContentRejected, StorageError
@@ -466,6 +472,7 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
         clean_text(values["reason"], "reason", max_length=500, required=False)
     except InvalidInput as e:
         errors["reason"] = e.public_message
+    status = 400
     if not errors:
         try:
             info = rt.grants.grant(
@@ -478,20 +485,22 @@ def grant(student_id: uuid.UUID) -> ResponseReturnValue:
                 expires_at=pages.end_of_day(day) if day else None,
                 reason=values["reason"] or None,
             )
-        except (InvalidInput, NotFound) as e:
+        except (InvalidInput, NotFound, Conflict) as e:
             # The reason and the form's fields are checked above: what is left is about
-            # the expiry date, the document shared, or (most often) the guardian.
+            # the expiry date, the document shared, or (most often) the guardian, and
+            # a grant of the same scope the guardian has already (Conflict).
             field = "guardian"
             if "expiry" in e.public_message:
                 field = "expires"
             elif isinstance(e, NotFound) and e.public_message.startswith("No such document"):
                 field = "document"
             errors[field] = e.public_message
+            status = 409 if isinstance(e, Conflict) else 400
         else:
-            until = f" until {info.expires_at:%Y-%m-%d}" if info.expires_at else ""
+            until = pages.until_text(info)
             flash(f"Shared {pages.scope_phrase(info)} with {info.guardian_email}{until}.")
             return redirect(url_for("registrar.sharing", student_id=student_id))
-    return _sharing_page(student_id, errors=errors, values=values, status=400)
+    return _sharing_page(student_id, errors=errors, values=values, status=status)
 
 
 @bp.post("/students/<uuid:student_id>/grants/<uuid:grant_id>/revoke")
@@ -514,5 +523,15 @@ def revoke(student_id: uuid.UUID, grant_id: uuid.UUID) -> ResponseReturnValue:
         return _sharing_page(
             student_id, errors={field: e.public_message}, values={"scope": "folder"}, status=400
         )
-    flash(f"Revoked: {info.guardian_email} no longer sees {pages.scope_phrase(info)}.")
+    still = rt.grants.still_sharing(actor, grant_id)
+    if still:
+        through = "; ".join(pages.scope_phrase(g) + pages.until_text(g) for g in still)
+        flash(
+            f"Revoked this grant of {pages.scope_phrase(info)}, but {info.guardian_email} "
+            f"still sees it through another grant in force: {through}. Revoke that one "
+            "too to end their access.",
+            "error",
+        )
+    else:
+        flash(f"Revoked: {info.guardian_email} no longer sees {pages.scope_phrase(info)}.")
     return redirect(url_for("registrar.sharing", student_id=student_id))

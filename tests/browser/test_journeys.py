@@ -136,7 +136,7 @@ def test_guardian_downloads_then_loses_access_when_the_registrar_revokes(
         staff = registrar.new_page()
         _log_in(staff, live_server, cast.registrar.email)
         staff.goto(f"{live_server}/registrar/students/{cast.child.id}/sharing")
-        staff.get_by_label(f"Reason for revoking access of {cast.parent.email}").fill(
+        staff.get_by_label(f"Reason for revoking the whole folder from {cast.parent.email}").fill(
             "Records request closed"
         )
         staff.get_by_role("button", name="Revoke").click()

@@ -262,6 +262,29 @@ def test_other_family_cannot_read_by_id(runtime: Runtime, cast: Cast) -> None:
     assert {e.event.action for e in denied} == {Action.ACCESS_DENIED}
 
 
+def test_each_refused_open_is_audited_with_its_reason(runtime: Runtime, cast: Cast) -> None:
+    info, _ = upload_pdf(runtime, cast, cast.child)
+    old = info.current.id
+    corrected = io.BytesIO(samples.make_pdf(text="Corrected"))
+    info = runtime.documents.upload_version(cast.registrar, info.id, corrected, "v2.pdf")
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    refused = [
+        (cast.registrar, uuid.uuid4(), None, "no such document"),
+        (cast.registrar, info.id, uuid.uuid4(), "no such version"),
+        (cast.parent, info.id, old, "not the current version"),
+        (cast.other_parent, info.id, None, "not_guardian_of_student"),
+    ]
+    for actor, document_id, version_id, _ in refused:
+        with pytest.raises(NotFound):
+            runtime.documents.open(
+                actor, document_id, version_id=version_id, purpose="Records request"
+            )
+    events = reversed(runtime.audit_log.query(per_page=len(refused)).items)
+    assert [(e.event.action, e.event.detail) for e in events] == [
+        (Action.ACCESS_DENIED, f"document.download: {why}") for *_, why in refused
+    ]
+
+
 def test_revocation_and_restriction_take_effect_on_the_next_request(
     runtime: Runtime, cast: Cast
 ) -> None:

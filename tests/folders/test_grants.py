@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from folders.categories import Category
-from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.grants import GrantStatus, parse_scope
 from folders.models import GrantScope
 from folders.runtime import Runtime
@@ -116,6 +116,8 @@ def test_a_restricted_guardians_grant_is_listed_as_giving_nothing(
     [
         ("folder", (GrantScope.FOLDER, None, None)),
         ("category:iep", (GrantScope.CATEGORY, Category.IEP, None)),
+        ("category:HEALTH", (GrantScope.CATEGORY, Category.HEALTH, None)),
+        ("category: Report_Card ", (GrantScope.CATEGORY, Category.REPORT_CARD, None)),
     ],
 )
 def test_parse_scope(text: str, expected: tuple[object, ...]) -> None:
@@ -128,3 +130,74 @@ def test_parse_scope(text: str, expected: tuple[object, ...]) -> None:
 def test_parse_scope_rejects(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_scope(text)
+
+
+def test_a_second_grant_of_the_same_scope_in_force_is_refused(runtime: Runtime, cast: Cast) -> None:
+    """Two grants of one scope would leave the records shared after one is revoked."""
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    grants = runtime.grants
+    until = runtime.clock() + timedelta(days=30)
+    scopes: list[dict[str, object]] = [
+        {"scope": GrantScope.FOLDER, "expires_at": until},
+        {"scope": GrantScope.CATEGORY, "category": Category.IEP},
+        {"scope": GrantScope.DOCUMENT, "document_id": document.id},
+    ]
+    for kwargs in scopes:
+        grants.grant(cast.registrar, cast.parent.email, cast.child.id, **kwargs)  # type: ignore[arg-type]
+    events = runtime.audit_log.query(per_page=1).total
+    for kwargs in scopes:
+        with pytest.raises(Conflict, match="shared with them already"):
+            grants.grant(cast.registrar, cast.parent.email, cast.child.id, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(
+        Conflict, match=f"whole folder shared with them already until {until:%Y-%m-%d}"
+    ):
+        grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    assert len(grants.list_for_student(cast.registrar, cast.child.id)) == 3
+    assert runtime.audit_log.query(per_page=1).total == events
+
+    # Another category, another guardian, or once the first has ended: shared.
+    grants.grant(
+        cast.registrar,
+        cast.parent.email,
+        cast.child.id,
+        GrantScope.CATEGORY,
+        category=Category.HEALTH,
+    )
+    grants.grant(cast.registrar, cast.other_parent.email, cast.other_child.id, GrantScope.FOLDER)
+    [folder] = [
+        g
+        for g in grants.list_for_student(cast.registrar, cast.child.id)
+        if g.scope is GrantScope.FOLDER
+    ]
+    grants.revoke(cast.registrar, folder.id, "Expiry to change")
+    again = grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    assert again.expires_at is None and again.status is GrantStatus.ACTIVE
+
+
+def test_what_still_shares_a_revoked_grants_records(runtime: Runtime, cast: Cast) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child, category=Category.IEP)
+    grants = runtime.grants
+
+    def share(scope: GrantScope, **kwargs: object) -> uuid.UUID:
+        info = grants.grant(cast.registrar, cast.parent.email, cast.child.id, scope, **kwargs)  # type: ignore[arg-type]
+        return info.id
+
+    folder = share(GrantScope.FOLDER)
+    iep = share(GrantScope.CATEGORY, category=Category.IEP)
+    health = share(GrantScope.CATEGORY, category=Category.HEALTH)
+    one = share(GrantScope.DOCUMENT, document_id=document.id)
+
+    def still(grant_id: uuid.UUID) -> list[uuid.UUID]:
+        return [g.id for g in grants.still_sharing(cast.registrar, grant_id)]
+
+    assert still(one) == [folder, iep]
+    assert still(iep) == [folder]
+    assert still(health) == [folder]
+    assert still(folder) == []
+    grants.revoke(cast.registrar, folder, "Folder no longer shared")
+    assert still(one) == [iep]
+    assert still(iep) == []
+    with pytest.raises(Forbidden):
+        grants.still_sharing(cast.parent, iep)
+    with pytest.raises(NotFound):
+        grants.still_sharing(cast.registrar, uuid.uuid4())

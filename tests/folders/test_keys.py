@@ -81,6 +81,18 @@ def test_shredding_a_version_makes_it_unrecoverable(runtime: Runtime, cast: Cast
         runtime.keys.shred_version(OPERATOR, version.id, "again")
 
 
+def test_retiring_the_active_version_is_refused_with_what_to_do(
+    runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)
+    keyring = runtime.keyring.path.read_bytes()
+    with pytest.raises(InvalidInput, match="would retire the active version 1") as refused:
+        runtime.keys.retire_below(OPERATOR, 2)
+    assert "`satchel keys rotate`" in refused.value.public_message
+    assert "--resume" not in refused.value.public_message
+    assert runtime.keyring.path.read_bytes() == keyring
+
+
 def test_destroying_retired_versions_makes_an_older_backup_unreadable(
     runtime: Runtime, cast: Cast
 ) -> None:

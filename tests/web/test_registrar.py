@@ -528,6 +528,35 @@ def test_a_grant_to_someone_not_a_guardian_is_refused_on_the_guardian_field(
     assert 'id="guardian-error"' in html and 'id="document-error"' not in html
 
 
+def test_sharing_twice_is_refused_and_a_revoke_says_what_still_shares(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/grants"
+    sharing = f"/registrar/students/{cast.child.id}/sharing"
+    for form in ({"scope": "folder"}, {"scope": "category", "category": "health"}):
+        assert post(client, url, {"guardian": cast.parent.email, **form}).status_code == 302
+
+    twice = post(client, url, {"guardian": cast.parent.email, "scope": "folder"})
+    html = twice.get_data(as_text=True)
+    assert twice.status_code == 409 and 'id="guardian-error"' in html
+    assert "has the whole folder shared with them already; nothing was changed" in html
+    assert len(runtime.grants.list_for_student(cast.registrar, cast.child.id)) == 2
+
+    [health] = [
+        g
+        for g in runtime.grants.list_for_student(cast.registrar, cast.child.id)
+        if g.scope is GrantScope.CATEGORY
+    ]
+    assert post(client, f"{url}/{health.id}/revoke", {"reason": "Asked"}).status_code == 302
+    page = client.get(sharing).get_data(as_text=True)
+    assert (
+        f"but {cast.parent.email} still sees it through another grant in force: "
+        "the whole folder. Revoke that one too" in page
+    )
+    assert "no longer sees" not in page
+
+
 def test_a_grant_is_revoked_only_through_its_own_student(
     app: Flask, runtime: Runtime, cast: Cast
 ) -> None:
