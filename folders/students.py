@@ -65,6 +65,7 @@ class GuardianInfo:
     restricted: bool
     restriction_reason: str | None
     ended_at: datetime | None
+    account_active: bool  # False: the account is disabled and cannot log in
 
 
 class Students:
@@ -407,6 +408,7 @@ def _guardian_info(link: Guardianship, user: User) -> GuardianInfo:
         restricted=link.restricted,
         restriction_reason=link.restriction_reason,
         ended_at=link.ended_at,
+        account_active=user.active,
     )
 
 

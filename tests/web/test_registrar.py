@@ -343,6 +343,22 @@ def test_staff_open_a_version_for_a_stated_purpose(
     assert events(runtime, Action.DOCUMENT_PREVIEW)[0].event.purpose == "Correction or review"
 
 
+def test_a_disabled_guardian_account_is_marked_where_registrars_link_and_share(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.registrar.email)
+    guardians = f"/registrar/students/{cast.child.id}/guardians"
+    sharing = f"/registrar/students/{cast.child.id}/sharing"
+    assert "Account disabled" not in client.get(guardians).get_data(as_text=True)
+    runtime.accounts.disable(cast.admin, cast.parent.email)
+    assert "Account disabled</strong>: cannot log in" in client.get(guardians).get_data(
+        as_text=True
+    )
+    assert f"({cast.parent.email}): account disabled, cannot log in</option>" in client.get(
+        sharing
+    ).get_data(as_text=True)
+
+
 def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -> None:
     client = signed_in(app, cast.registrar.email)
     url = f"/registrar/students/{cast.child.id}/guardians"
