@@ -223,7 +223,10 @@ class EventNotFound(AuditError):
 class EventFilter:
     """Which events a query or export selects; ``since`` is inclusive, ``until`` exclusive.
 
-    Raises ``ValueError`` for a naive ``since`` or ``until``.
+    ``up_to_seq`` keeps only events numbered at most it: a snapshot of the log as it was
+    when that event was its head, which later appends never change (numbers are gapless
+    and committed in order). Raises ``ValueError`` for a naive ``since`` or ``until``
+    and an ``up_to_seq`` below 1.
     """
 
     actor_email: str | None = None
@@ -234,11 +237,14 @@ class EventFilter:
     outcome: Outcome | None = None
     since: datetime | None = None
     until: datetime | None = None
+    up_to_seq: int | None = None
 
     def __post_init__(self) -> None:
         for bound in (self.since, self.until):
             if bound is not None and bound.utcoffset() is None:
                 raise ValueError("audit query times must be timezone-aware")
+        if self.up_to_seq is not None and self.up_to_seq < 1:
+            raise ValueError("up_to_seq must be at least 1")
 
     def clauses(self) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
@@ -250,17 +256,25 @@ class EventFilter:
             clauses.append(EVENTS.c.recorded_at >= self.since)
         if self.until is not None:
             clauses.append(EVENTS.c.recorded_at < self.until)
+        if self.up_to_seq is not None:
+            clauses.append(EVENTS.c.sequence <= self.up_to_seq)
         return clauses
 
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
-    """One page of results and the total number of matches."""
+    """One page of results and the total number of matches.
+
+    ``up_to_seq``, when set, is the audit snapshot the page was read from (see
+    :meth:`AuditLog.query`): asking for other pages with it pages through the same
+    matches.
+    """
 
     items: tuple[T, ...]
     page: int
     per_page: int
     total: int
+    up_to_seq: int | None = None
 
     @property
     def pages(self) -> int:
@@ -846,15 +860,20 @@ class AuditLog:
         outcome: Outcome | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        up_to_seq: int | None = None,
         page: int = 1,
         per_page: int = 50,
     ) -> Page[RecordedEvent]:
         """Events matching every given filter, newest first, one page at a time.
 
         Each event is read from its signed entry (the queryable columns only select).
-        ``since`` is inclusive, ``until`` exclusive; a page past the last is the last
-        page (a stale link, or fewer matches since). Raises ``ValueError`` for a page
-        below 1, ``per_page`` outside 1..500 or a naive time; :class:`AuditUnavailable`;
+        ``since`` is inclusive, ``until`` exclusive. Every page is read from a snapshot:
+        only events numbered at most ``up_to_seq``, lowered to the log's head (the
+        head when not given). The page's ``up_to_seq`` is that bound (0 for an empty
+        log); passing it back for the other pages keeps their items and total fixed
+        while events are appended. A page past the last is the last page (a stale
+        link). Raises ``ValueError`` for a page below 1, ``per_page`` outside 1..500,
+        an ``up_to_seq`` below 1 or a naive time; :class:`AuditUnavailable`;
         :class:`AuditIntegrityError` if a selected entry is damaged.
         """
         if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
@@ -867,16 +886,22 @@ class AuditLog:
             outcome=outcome,
             since=since,
             until=until,
-        ).clauses()
+            up_to_seq=up_to_seq,
+        )
         try:
             with self._engine.connect() as connection:
+                # The count and the page are separate statements; one bound at or below
+                # the head makes them agree, whatever is appended in between.
+                head = connection.execute(_LOG_SIZE).scalar_one()
+                bound = head if up_to_seq is None else min(up_to_seq, head)
+                clauses = [*where.clauses(), EVENTS.c.sequence <= bound]
                 total = connection.execute(
-                    select(func.count()).select_from(EVENTS).where(*where)
+                    select(func.count()).select_from(EVENTS).where(*clauses)
                 ).scalar_one()
                 page = min(page, last_page(total, per_page))
                 entries = connection.execute(
                     select(EVENTS.c.sequence, EVENTS.c.entry)
-                    .where(*where)
+                    .where(*clauses)
                     .order_by(EVENTS.c.sequence.desc())
                     .limit(per_page)
                     .offset((page - 1) * per_page)
@@ -884,7 +909,7 @@ class AuditLog:
         except SQLAlchemyError as e:
             raise AuditUnavailable(f"cannot read the audit log: {_reason(e)}") from e
         items = tuple(_recorded(sequence, entry) for sequence, entry in entries)
-        return Page(items, page, per_page, total)
+        return Page(items, page, per_page, total, bound)
 
     def events(self, where: EventFilter = EventFilter()) -> Iterator[RecordedEvent]:
         """Stream matching events oldest first, in bounded memory (for exports).

@@ -29,7 +29,8 @@ _CSV_HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
 
 @dataclass(frozen=True)
 class TrailQuery:
-    """Filters on the trail; every one is optional. ``until`` is exclusive."""
+    """Filters on the trail; every one is optional. ``until`` is exclusive;
+    ``up_to_seq`` keeps events numbered at most it (a search's snapshot)."""
 
     actor_email: str | None = None
     student_id: uuid.UUID | None = None
@@ -38,6 +39,7 @@ class TrailQuery:
     outcome: Outcome | None = None
     since: datetime | None = None
     until: datetime | None = None
+    up_to_seq: int | None = None
 
     def describe(self) -> str:
         """The filters as text, for the audit event that records the search."""
@@ -57,6 +59,7 @@ class TrailQuery:
             outcome=self.outcome,
             since=self.since,
             until=self.until,
+            up_to_seq=self.up_to_seq,
         )
 
 
@@ -76,7 +79,9 @@ class AuditTrail:
     def search(
         self, actor: Actor, query: TrailQuery, *, page: int = 1, per_page: int = 50
     ) -> Page[RecordedEvent]:
-        """Matching events, newest first. The search itself is recorded first.
+        """Matching events, newest first, from the snapshot ``query.up_to_seq`` names
+        (the log's head when None; the page's ``up_to_seq`` is the one used). The search
+        itself is recorded first.
 
         Raises Forbidden, AuditUnavailable.
         """
@@ -99,6 +104,7 @@ class AuditTrail:
             outcome=f.outcome,
             since=f.since,
             until=f.until,
+            up_to_seq=f.up_to_seq,
             page=max(1, page),
             per_page=per_page,
         )

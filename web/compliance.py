@@ -31,12 +31,44 @@ guard_role(bp, Role.COMPLIANCE)
 
 FILTER_FIELDS = ("actor", "student", "document", "action", "outcome", "since", "until")
 MAX_EMAIL_LENGTH = 254  # RFC 5321; the audit log's actor_email holds no more
+MAX_SEQUENCE = 2**63 - 1  # the audit log numbers events in a signed 64-bit column
+UPTO_ERROR = (
+    "This link to a page of results is damaged: its snapshot (upto) must be an event "
+    "number, a whole number from 1."
+)
+
+
+def _parse_upto() -> int | None:
+    """The ``upto`` query parameter: the snapshot a search's later pages are read from.
+
+    Absent or empty is None (a fresh search); ValueError for anything but an ASCII
+    decimal from 1 to :data:`MAX_SEQUENCE`.
+    """
+    raw = request.args.get("upto", "").strip()
+    if not raw:
+        return None
+    # isascii() keeps out other scripts' digits, which int() would take; the length
+    # bound keeps int() cheap before the range check.
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_SEQUENCE)):
+        bound = int(raw)
+        if 1 <= bound <= MAX_SEQUENCE:
+            return bound
+    raise ValueError(f"not an event number: {raw[:40]!r}")
 
 
 def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
-    """The search form's values, the query they make, and errors keyed by field id."""
+    """The search form's values, the query they make, and errors keyed by field id.
+
+    ``upto`` is not a form field: the pages of one search carry it (see :func:`home`),
+    and its error is keyed ``upto``.
+    """
     values = {name: request.args.get(name, "").strip() for name in FILTER_FIELDS}
     errors: dict[str, str] = {}
+    up_to_seq = None
+    try:
+        up_to_seq = _parse_upto()
+    except ValueError:
+        errors["upto"] = UPTO_ERROR
     if len(values["actor"]) > MAX_EMAIL_LENGTH:
         errors["actor"] = f"An email address has at most {MAX_EMAIL_LENGTH} characters."
     student_id = None
@@ -91,16 +123,28 @@ def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
         outcome=outcome,
         since=since,
         until=until,
+        up_to_seq=up_to_seq,
     )
     return query, values, errors
 
 
 @bp.get("/")
 def home() -> ResponseReturnValue:
+    """Search the trail, newest first, one page at a time, from a snapshot.
+
+    A search without ``upto`` (the form, the first visit) reads the log as it is now;
+    its page links carry the bound that page was read at (``upto``), so every page of
+    it lists the same events and total however many are recorded meanwhile, its own
+    ``audit.query`` events included. 400 for a bad filter or ``upto``.
+    """
     query, values, errors = _parse_filters()
     results = None
     if not errors:
         results = runtime().trail.search(current_actor(), query, page=pages.page_number())
+    filter_args = {k: v for k, v in values.items() if v}
+    page_args = dict(filter_args)
+    if results is not None and results.up_to_seq:
+        page_args["upto"] = str(results.up_to_seq)
     page = render_template(
         "compliance/home.html",
         title="Audit trail",
@@ -109,14 +153,20 @@ def home() -> ResponseReturnValue:
         results=results,
         actions=[a.value for a in Action],
         outcomes=[o.value for o in Outcome],
-        filter_args={k: v for k, v in values.items() if v},
+        filter_args=filter_args,
+        page_args=page_args,
     )
     return (page, 400) if errors else page
 
 
 @bp.get("/export.csv")
 def export_csv() -> ResponseReturnValue:
-    """The matching events as CSV, streamed; the export itself is audited first."""
+    """The matching events as CSV, streamed; the export itself is audited first.
+
+    The search page links here without ``upto``: the export lists the matching events
+    as of the moment it is made, its own ``audit.export`` event included. An ``upto``,
+    when given, bounds it as it bounds the search (400 when bad).
+    """
     query, _, errors = _parse_filters()
     if errors:
         return home()  # the search page, showing what is wrong with the filters

@@ -683,6 +683,31 @@ def test_query_filters_pages_and_counts_newest_first(log: AuditLog) -> None:
         log.query(per_page=501)
 
 
+def test_query_pages_through_one_snapshot_while_events_are_appended(log: AuditLog) -> None:
+    assert log.query().up_to_seq == 0  # an empty log: nothing to bound yet
+    recorded = [log.record(sample_event(i)) for i in range(1, 11)]
+    first = log.query(per_page=4)
+    assert first.up_to_seq == 10 and first.total == 10
+    log.record(sample_event(11))  # others keep appending between page views
+    second = log.query(per_page=4, page=2, up_to_seq=first.up_to_seq)
+    log.record(sample_event(12))
+    third = log.query(per_page=4, page=3, up_to_seq=second.up_to_seq)
+    for page in (second, third):
+        assert (page.total, page.pages, page.up_to_seq) == (10, 3, 10)
+    seen = [r.sequence for page in (first, second, third) for r in page.items]
+    assert seen == [r.sequence for r in reversed(recorded)]  # each once, none newer
+    # Filters combine with the bound; a bound past the head is lowered to it.
+    assert log.query(student_id=recorded[2].event.student_id, up_to_seq=3).total == 1
+    assert log.query(up_to_seq=10**12).up_to_seq == 12
+    assert log.query(up_to_seq=10**12).total == 12
+    assert [r.sequence for r in log.events(EventFilter(up_to_seq=4))] == [1, 2, 3, 4]
+    for bad in (0, -1):
+        with pytest.raises(ValueError):
+            log.query(up_to_seq=bad)
+        with pytest.raises(ValueError):
+            EventFilter(up_to_seq=bad)
+
+
 def test_a_query_shows_the_signed_entry_not_an_edited_column(log: AuditLog, engine: Engine) -> None:
     log.record(sample_event(1))
     dba = DBA(engine)

@@ -5,6 +5,7 @@ import csv
 import io
 import re
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from flask import Flask
@@ -107,6 +108,121 @@ def test_search_form_errors_and_pagination(app: Flask, runtime: Runtime, cast: C
     past = client.get("/compliance/", query_string={"action": "student.create", "page": 500})
     html = past.get_data(as_text=True)
     assert "Page 2 of 2" in html and _sequences(html) == _sequences(second.get_data(as_text=True))
+
+
+def _link(html: str, rel: str) -> str:
+    """The href of the pager link ``rel`` ("next" or "prev"), as the browser follows it."""
+    match = re.search(rf'<a href="([^"]+)" rel="{rel}">', html)
+    assert match is not None, f"no {rel} link"
+    return unescape(match.group(1))
+
+
+def _heading(html: str) -> str:
+    match = re.search(r"<h2>(\d+ events?)</h2>", html)
+    assert match is not None
+    return match.group(1)
+
+
+def test_paging_a_search_shows_one_snapshot_while_events_are_recorded(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    for n in range(60):
+        runtime.students.add_student(cast.registrar, f"B-{n}", "Bulk", f"Student{n}")
+    client = signed_in(app, cast.compliance.email)
+
+    first = client.get("/compliance/").get_data(as_text=True)
+    head = runtime.audit_log.query(per_page=1).items[0].sequence
+    shown_first = _sequences(first)
+    # The first visit reads the log as it is, its own audit.query event included.
+    assert shown_first == list(range(head, head - 50, -1))
+    assert _heading(first) == f"{head} events" and f"upto={head}" in _link(first, "next")
+
+    # Others keep working meanwhile; every page view is recorded too.
+    runtime.students.add_student(cast.registrar, "LATE-1", "Late", "Arrival")
+    second = client.get(_link(first, "next")).get_data(as_text=True)
+    shown_second = _sequences(second)
+    assert _heading(second) == f"{head} events"
+    assert not set(shown_first) & set(shown_second)
+    assert shown_second == list(range(head - 50, max(head - 100, 0), -1))
+
+    runtime.students.add_student(cast.registrar, "LATE-2", "Late", "Arrival")
+    back = client.get(_link(second, "prev")).get_data(as_text=True)
+    assert _sequences(back) == shown_first and _heading(back) == f"{head} events"
+
+    # A fresh search (the form, without upto) starts a new snapshot with all of it.
+    fresh = client.get("/compliance/", query_string={"actor": ""}).get_data(as_text=True)
+    newest = runtime.audit_log.query(per_page=1).items[0].sequence
+    assert newest == head + 5  # two students, three searches
+    assert _heading(fresh) == f"{newest} events" and _sequences(fresh)[0] == newest
+    # The snapshot a page was read from is in the search's own audit event.
+    searches = events(runtime, Action.AUDIT_QUERY)
+    assert searches[1].event.detail == f"up_to_seq={head}"
+
+
+def test_paging_a_filtered_search_keeps_its_filters_and_snapshot(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    for n in range(55):
+        runtime.students.add_student(cast.registrar, f"B-{n}", "Bulk", f"Student{n}")
+    client = signed_in(app, cast.compliance.email)
+    first = client.get("/compliance/", query_string={"action": "student.create"}).text
+    assert _heading(first) == "57 events"
+    runtime.students.add_student(cast.registrar, "LATE", "Late", "Arrival")
+    second = client.get(_link(first, "next")).text
+    assert "action=student.create" in _link(first, "next")
+    assert _heading(second) == "57 events" and len(_sequences(second)) == 7
+    assert not set(_sequences(first)) & set(_sequences(second))
+
+
+@pytest.mark.parametrize(
+    "upto", ["0", "-1", "x", "1.5", "\u00b2", "\u0663", "9" * 40, str(2**63), "1e3"]
+)
+def test_a_bad_snapshot_bound_is_a_400_that_says_so(
+    app: Flask, runtime: Runtime, cast: Cast, upto: str
+) -> None:
+    client = signed_in(app, cast.compliance.email)
+    searches = len(events(runtime, Action.AUDIT_QUERY))
+    for path in ("/compliance/", "/compliance/export.csv"):
+        response = client.get(path, query_string={"upto": upto, "action": "auth.login"})
+        assert response.status_code == 400, path
+        assert "its snapshot (upto) must be an event number" in response.text
+        assert 'href="#upto"' in response.text and 'id="upto"' in response.text
+        # The form keeps the filters; searching again drops the bad bound.
+        assert "<option selected>auth.login</option>" in response.text
+    assert len(events(runtime, Action.AUDIT_QUERY)) == searches  # nothing was searched
+
+
+def test_a_snapshot_bound_past_the_head_is_lowered_to_it(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    for n in range(55):
+        runtime.students.add_student(cast.registrar, f"B-{n}", "Bulk", f"Student{n}")
+    client = signed_in(app, cast.compliance.email)
+    html = client.get("/compliance/", query_string={"upto": str(2**63 - 1)}).text
+    head = runtime.audit_log.query(per_page=1).items[0].sequence
+    assert _sequences(html)[0] == head and f"upto={head}" in _link(html, "next")
+
+
+def test_an_export_with_a_snapshot_bound_stops_at_it(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    _story(runtime, cast)
+    client = signed_in(app, cast.compliance.email)
+    page = client.get("/compliance/", query_string={"student": cast.child.district_id}).text
+    # The page's export link exports as of the click, its own record included ...
+    export_link = re.search(r'href="(/compliance/export\.csv[^"]*)"', page)
+    assert export_link is not None and "upto" not in export_link.group(1)
+    # ... while a bound, when given, keeps to the snapshot.
+    bound = runtime.audit_log.query(per_page=1).items[0].sequence
+    response = client.get(
+        "/compliance/export.csv",
+        query_string={"student": cast.child.district_id, "upto": str(bound - 1)},
+    )
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert rows and max(int(row["sequence"]) for row in rows) <= bound - 1
+    assert "audit.export" not in {row["action"] for row in rows}
+    detail = events(runtime, Action.AUDIT_EXPORT)[0].event.detail
+    assert detail is not None and detail.endswith(f"up_to_seq={bound - 1}")
 
 
 def test_export_csv_is_streamed_and_audited(app: Flask, runtime: Runtime, cast: Cast) -> None:
