@@ -212,8 +212,8 @@ def inspect(file: BinaryIO, filename: str, *, max_pdf_objects: int = MAX_PDF_OBJ
         description = str(magic.from_buffer(head))
         raise _reject(
             RejectReason.UNSUPPORTED_TYPE,
-            f"The file is {description} ({mime_type}); only PDF, JPEG, PNG and TIFF files "
-            "are accepted.",
+            f"Its content is not a PDF or a scan: it reads as {description} ({mime_type}). "
+            "Only PDF, JPEG, PNG and TIFF files are accepted.",
         )
     if extension not in ALLOWED[mime_type]:
         expected = " or ".join(sorted(ALLOWED[mime_type]))

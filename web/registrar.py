@@ -242,6 +242,8 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
     # Some files stored is a success; nothing stored means the upload was refused
     # (413 only when every file was refused for its size).
     stored = any(o.document for o in outcomes)
+    if all(o.document for o in outcomes):
+        values["title"] = ""  # stored: the next file gets a title of its own
     return render({}, outcomes, 200 if stored else max(o.status for o in outcomes))
 
 

@@ -56,7 +56,7 @@ class Refused:
     reason: tuple[str, ...]
 
 
-_NOT_ALLOWED = "only PDF, JPEG, PNG and TIFF files are accepted"
+_NOT_ALLOWED = "Only PDF, JPEG, PNG and TIFF files are accepted"
 _SECOND_FORMAT = "files that hide a second format are not allowed"
 
 REFUSED = [

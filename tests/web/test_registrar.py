@@ -216,6 +216,8 @@ def test_single_upload_uses_the_title_and_all_refused_is_422(
     assert ok.status_code == 200
     [document] = runtime.documents.list_folder(cast.registrar, cast.child.id)
     assert (document.title, document.school_year) == ("Immunization record", None)
+    # Stored: the form is ready for the next file, which needs a title of its own.
+    assert 'value="Immunization record"' not in ok.get_data(as_text=True)
 
     refused = post(
         client,
