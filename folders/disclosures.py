@@ -25,6 +25,7 @@ from folders.errors import Forbidden, NotFound
 from folders.links import guardian_link
 from folders.models import Document, Grant, Role, Student
 from folders.policy import Decision, GrantFacts, Permission, Resource, decide
+from folders.students import student_by_district_id
 
 DEFAULT_PURPOSE = "Educational interest (FERPA school official)"
 STAFF_PURPOSES = (
@@ -115,9 +116,7 @@ class Disclosures:
         """A student by district id, for those who read the audit trail; NotFound."""
         self._require_audit_reader(actor)
         with Session(self._engine) as session:
-            student = session.scalar(
-                select(Student).where(Student.district_id == district_id.strip())
-            )
+            student = student_by_district_id(session, district_id)
             if student is None:
                 raise NotFound(f"No student with the district id {district_id.strip()}.")
             return _ref(student)

@@ -164,11 +164,9 @@ class Students:
         """The student with this district id (staff only); NotFound if none."""
         self._require(actor, Permission.LIST_FOLDER)
         with Session(self._engine) as session:
-            student = session.scalar(
-                select(Student).where(Student.district_id == district_id.strip())
-            )
+            student = student_by_district_id(session, district_id)
             if student is None:
-                raise NotFound(f"No student with the district id {district_id}.")
+                raise NotFound(f"No student with the district id {district_id.strip()}.")
             return self._student_info(session, student)
 
     def find_students(
@@ -410,6 +408,20 @@ def _guardian_info(link: Guardianship, user: User) -> GuardianInfo:
         ended_at=link.ended_at,
         account_active=user.active,
     )
+
+
+def student_by_district_id(session: Session, district_id: str) -> Student | None:
+    """The student whose district id is ``district_id`` (surrounding spaces ignored); in
+    another case ("d-1001" for "D-1001") when no id matches exactly and exactly one
+    matches in any case. None otherwise."""
+    wanted = district_id.strip()
+    exact = session.scalar(select(Student).where(Student.district_id == wanted))
+    if exact is not None:
+        return exact
+    folded = session.scalars(
+        select(Student).where(func.lower(Student.district_id) == wanted.lower()).limit(2)
+    ).all()
+    return folded[0] if len(folded) == 1 else None
 
 
 def escape_like(term: str) -> str:

@@ -160,3 +160,20 @@ def test_ending_a_guardianship_is_all_or_nothing(runtime: Runtime, cast: Cast) -
     assert grant.status is GrantStatus.ACTIVE
     assert runtime.audit_log.query(action=Action.GUARDIAN_UNLINK).total == 0
     assert runtime.audit_log.query(action=Action.GRANT_REVOKE).total == 0
+
+
+def test_a_district_id_is_found_in_any_case_unless_that_is_ambiguous(
+    runtime: Runtime, cast: Cast
+) -> None:
+    students, registrar = runtime.students, cast.registrar
+    upper = students.add_student(registrar, "D-1001", "Ana", "Diaz")
+    assert students.get_by_district_id(registrar, " d-1001 ").id == upper.id
+    assert runtime.disclosures.find_student(cast.compliance, "d-1001").id == upper.id
+
+    lower = students.add_student(registrar, "d-1001", "Ben", "Diaz")
+    assert students.get_by_district_id(registrar, "D-1001").id == upper.id  # exact first
+    assert students.get_by_district_id(registrar, "d-1001").id == lower.id
+    students.add_student(registrar, "Ab-7", "Cam", "Diaz")
+    students.add_student(registrar, "aB-7", "Dee", "Diaz")
+    with pytest.raises(NotFound, match=r"No student with the district id ab-7\."):
+        students.get_by_district_id(registrar, "ab-7")  # two in another case: neither
