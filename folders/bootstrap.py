@@ -11,7 +11,7 @@ from sqlalchemy import func, inspect, select
 
 from audit.checkpoint import CheckpointSigner
 from config import Settings, StorageBackend
-from folders.db import upgrade
+from folders.db import create_database_file, upgrade
 from folders.errors import FoldersError
 from folders.models import DocumentVersion
 from folders.runtime import Runtime
@@ -29,7 +29,9 @@ class UnsafeInit(FoldersError):
 
 
 def initialize(runtime: Runtime) -> InitReport:
-    """Create the data directory, key files (mode 0600), object directory and schema.
+    """Create the data directory, key files (mode 0600), object directory, the SQLite
+    database file (if the database is SQLite) and the schema: the one place that
+    creates an installation, which ``runtime`` then opens (it never creates one).
 
     Idempotent: existing key files are kept and pending migrations applied.
     Raises UnsafeInit when the database already holds document versions but the
@@ -42,6 +44,7 @@ def initialize(runtime: Runtime) -> InitReport:
     _make_private_dir(settings.spool_dir, report)
     if settings.storage_backend is StorageBackend.LOCAL:
         _make_private_dir(settings.objects_dir, report)
+    create_database_file(settings.effective_database_url)
 
     had_schema = _has_schema(runtime)
     upgrade(runtime.engine)

@@ -23,27 +23,67 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PING_IDLE_AFTER_S = 1.0
 
 
-def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, create: bool = True, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any
+) -> Engine:
     """Create an engine. SQLite gets foreign keys, WAL, a busy timeout, a Unicode-aware
     ``lower()``, and transactions that take the write lock at their first write or
     locking read (see :func:`_configure_sqlite`), on every connection.
 
-    A missing SQLite file is created readable by its owner only (SQLite gives its WAL
-    and shared-memory files the same mode), in a directory created 0700 if missing; an
-    existing file keeps its mode. A server database's pooled
-    connections are checked before reuse once idle for ``ping_idle_after`` seconds.
-    Other keyword arguments go to ``create_engine``.
+    With ``create`` (the default), a missing SQLite file is created at once by
+    :func:`create_database_file`; an existing file keeps its mode. Without it, the file
+    is only ever opened: each connection asks SQLite for an existing file (URI
+    ``mode=rw``), so a missing one fails to connect (OperationalError "unable to open
+    database file") and is not created empty. A server database's pooled connections
+    are checked before reuse once idle for ``ping_idle_after`` seconds. Other keyword
+    arguments go to ``create_engine``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _create_private_file(Path(parsed.database))
+        path = sqlite_file(url)
+        if path is not None and create:
+            create_database_file(url)
         engine = create_engine(url, **kwargs)
+        if path is not None and not create:
+            _open_existing_file_only(engine)
         _configure_sqlite(engine)
         return engine
     engine = create_engine(url, **kwargs)
     _ping_idle_connections(engine, ping_idle_after)
     return engine
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the file an SQLite ``url`` names; None for a server database,
+    an in-memory one, or a ``uri=true`` URL (whose own ``mode`` governs creation)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") in ("true", "1"):
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(os.path.abspath(parsed.database))
+
+
+def create_database_file(url: str) -> None:
+    """Create the file of an SQLite ``url`` empty, readable by its owner only (SQLite
+    gives its WAL and shared-memory files the same mode), in a directory created 0700
+    if missing, unless it exists. Nothing for any other database."""
+    path = sqlite_file(url)
+    if path is not None:
+        _create_private_file(path)
+
+
+def _open_existing_file_only(engine: Engine) -> None:
+    """Open the SQLite file of each new connection as a URI with ``mode=rw``: read and
+    write an existing file, never create one."""
+
+    @event.listens_for(engine, "do_connect")
+    def _existing_only(
+        _dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> None:
+        # The dialect passes the absolute file name; as_uri() percent-encodes it.
+        cargs[0] = Path(cargs[0]).as_uri() + "?mode=rw"
+        cparams["uri"] = True
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -61,14 +61,21 @@ def run_checks(runtime: Runtime) -> list[CheckResult]:
 
 
 def _check_database(runtime: Runtime) -> str:
+    # A missing SQLite file is not created: Runtime.engine raises NotInstalled, whose
+    # text says there is no installation and to run `satchel init`.
     url = runtime.settings.describe()["database_url"]
     with runtime.engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     current, head = current_revision(runtime.engine), head_revision(runtime.engine)
+    if current is None:
+        # `satchel db upgrade` would create the schema but no keys; `init` does both.
+        raise RuntimeError(
+            f"{url} holds no Satchel schema (an empty database); run `satchel init` "
+            "to create the schema and any missing key files"
+        )
     if current != head:
         raise RuntimeError(
-            f"{url} is at schema revision {current or 'none'}, expected {head}; "
-            "run `satchel db upgrade`"
+            f"{url} is at schema revision {current}, expected {head}; run `satchel db upgrade`"
         )
     return f"{url} (schema {current})"
 

@@ -3,6 +3,11 @@
 The web app factory and the ``satchel`` command line both build one ``Runtime`` and
 hand its parts to services; nothing below reaches for globals. Parts are created on
 first use, so ``satchel init`` can run before the key files exist.
+
+A Runtime opens an existing installation and never creates one: a missing SQLite
+database or local object store directory raises :class:`NotInstalled` instead of
+being created empty (a mistyped data directory must leave nothing behind). Only
+:func:`folders.bootstrap.initialize` (``satchel init``) creates them.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from sqlalchemy import Engine
@@ -19,9 +25,10 @@ from audit.log import AuditLog
 from config import Settings, StorageBackend
 from folders.accounts import Accounts
 from folders.catalog import Catalog
-from folders.db import make_engine
+from folders.db import make_engine, sqlite_file
 from folders.disclosures import Disclosures
 from folders.documents import Documents
+from folders.errors import DatabaseUnavailable
 from folders.fsck import Fsck
 from folders.grants import Grants
 from folders.inbox import SharedInbox
@@ -40,6 +47,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class NotInstalled(DatabaseUnavailable):
+    """No Satchel installation where the settings point: its SQLite database file or
+    its local object store directory does not exist (``satchel init`` creates both).
+
+    ``str()`` names the data directory and the missing path, for operators; the
+    ``public_message`` names nothing. A DatabaseUnavailable, so the web answers 503.
+    """
+
+    public_message = "Satchel is not initialised: run `satchel init`."
+
+
 class Runtime:
     """Owns the engine, object store, keyring and audit signer for one process."""
 
@@ -56,10 +74,18 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.effective_database_url)
+        """The database, opened and never created. Raises NotInstalled if its SQLite
+        file does not exist (later connections fail if it is removed: never recreated)."""
+        url = self.settings.effective_database_url
+        self._require_installed("the database", sqlite_file(url))
+        return make_engine(url, create=False)
 
     @cached_property
     def store(self) -> ObjectStore:
+        """The object store. Raises NotInstalled if the local store's directory does not
+        exist (an S3 bucket is not checked here: ``satchel doctor`` does)."""
+        if self.settings.storage_backend is StorageBackend.LOCAL:
+            self._require_installed("the object store", self.settings.objects_dir)
         return build_object_store(self.settings)
 
     @cached_property
@@ -143,6 +169,15 @@ class Runtime:
     @cached_property
     def keys(self) -> KeyManagement:
         return KeyManagement(self.engine, self.keyring, self.store, self.audit_log, self.clock)
+
+    def _require_installed(self, what: str, path: Path | None) -> None:
+        """The one check that the installation is there: raise NotInstalled, naming
+        ``what``, if ``path`` (None: nothing on disk to check) does not exist."""
+        if path is not None and not path.exists():
+            raise NotInstalled(
+                f"no Satchel installation at {self.settings.data_dir}: {what} {path} does "
+                "not exist (run `satchel init` to create one)"
+            )
 
     def close(self) -> None:
         """Release pooled connections (engine only; other parts hold no sockets open)."""

@@ -90,9 +90,10 @@ def cli() -> None:
 @with_appcontext
 @reports_errors
 def init() -> None:
-    """Create the data directory, key files (mode 0600) and database schema.
+    """Create the data directory, key files (mode 0600), database and schema.
 
-    Safe to run again: existing keys are kept and only pending migrations run.
+    Safe to run again: existing keys are kept and only pending migrations run. The
+    only command that creates an installation; the others refuse a missing one.
     """
     report = initialize(runtime())
     for item in report.created:
@@ -139,7 +140,7 @@ def db() -> None:
 @with_appcontext
 @reports_errors
 def db_upgrade() -> None:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations (an SQLite database must exist: see `init`)."""
     engine = runtime().engine
     before = current_revision(engine)
     upgrade(engine)

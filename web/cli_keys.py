@@ -23,8 +23,9 @@ def keys() -> None:
 @reports_errors
 def keys_status() -> None:
     """Keyring versions and how many data keys each one wraps."""
+    versions = runtime().keys.status(Actor.operator())  # an error comes before the header
     click.echo(f"{'VERSION':<8} {'CREATED':<17} {'STATE':<10} DATA KEYS")
-    for v in runtime().keys.status(Actor.operator()):
+    for v in versions:
         state = (
             "destroyed"
             if v.destroyed

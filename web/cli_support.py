@@ -10,7 +10,7 @@ import click
 
 from audit.errors import AuditError
 from folders.errors import DatabaseUnavailable, FoldersError
-from folders.runtime import Runtime
+from folders.runtime import NotInstalled, Runtime
 from storage.errors import StorageError
 from web.context import runtime as app_runtime
 
@@ -26,15 +26,18 @@ def runtime() -> Runtime:
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn Satchel's errors, a lost database and a failing file system into a one-line
-    message and exit code 1."""
+    """Turn Satchel's errors, a missing installation (:class:`NotInstalled`: no
+    database at the configured place), a lost database and a failing file system into
+    a one-line message and exit code 1."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except (FoldersError, StorageError, AuditError) as e:
-            detail = str(e) if isinstance(e, StorageError | AuditError) else e.public_message
+            # NotInstalled's text names the path an operator mistyped, or must init.
+            operator_detail = StorageError | AuditError | NotInstalled
+            detail = str(e) if isinstance(e, operator_detail) else e.public_message
             raise click.ClickException(detail) from e
         except DatabaseUnavailable.CAUSES as e:
             # Its text already reads "the database is unavailable: <driver's reason>".

@@ -23,10 +23,14 @@ PASSWORD = "correct horse battery staple"
 
 
 class Satchel:
-    """Runs `satchel` commands in-process against one data directory and database."""
+    """Runs `satchel` commands in-process against one data directory and database
+    (``database_url`` None: the embedded mode's SQLite file in the data directory)."""
 
-    def __init__(self, data_dir: Path, database_url: str) -> None:
-        self.env = {"SATCHEL_DATA_DIR": str(data_dir), "SATCHEL_DATABASE_URL": database_url}
+    def __init__(self, data_dir: Path, database_url: str | None) -> None:
+        self.env: dict[str, str | None] = {
+            "SATCHEL_DATA_DIR": str(data_dir),
+            "SATCHEL_DATABASE_URL": database_url,
+        }
         self.runner = CliRunner()
 
     def __call__(self, *args: str, input: str | None = None, **env: str) -> Result:
@@ -91,6 +95,129 @@ def test_doctor_before_init_fails(satchel: Satchel) -> None:
     result = satchel("doctor")
     assert result.exit_code == 1
     assert "FAIL  keyring" in result.output
+
+
+def not_installed(data_dir: Path, missing: str) -> str:
+    return (
+        f"no Satchel installation at {data_dir}: {missing} does not exist "
+        "(run `satchel init` to create one)"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["doctor"],
+        ["fsck"],
+        ["audit", "verify"],
+        ["keys", "status"],
+        ["user", "list"],
+        ["demo"],
+        ["db", "upgrade"],
+    ],
+    ids=" ".join,
+)
+def test_a_command_on_a_mistyped_data_dir_says_there_is_no_installation_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path.resolve() / "mistyped" / "var"
+    result = Satchel(missing, None)(*command)
+    assert result.exit_code == 1, result.output
+    message = not_installed(missing, f"the database {missing / 'satchel.db'}")
+    if command == ["doctor"]:
+        assert f"FAIL  database: {message}\n" in result.output
+        assert "db upgrade" not in result.output
+    else:
+        assert result.output == f"Error: {message}\n"
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_init_on_a_missing_data_dir_creates_an_installation_the_other_commands_open(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path.resolve() / "new" / "var"
+    satchel = Satchel(data, None)
+    init = satchel("init")
+    assert init.exit_code == 0, init.output
+    assert f"created  database schema (sqlite:///{data / 'satchel.db'})" in init.output
+    for command in (
+        ["doctor"],
+        ["fsck"],
+        ["audit", "verify"],
+        ["keys", "status"],
+        ["user", "list"],
+    ):
+        result = satchel(*command)
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_doctor_on_a_database_without_its_data_dir_creates_no_object_store(
+    satchel: Satchel, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"  # the database exists (SQLite or PostgreSQL), the rest not
+    result = satchel("doctor")
+    assert result.exit_code == 1
+    assert result.output.startswith("OK    database: ")
+    message = not_installed(data, f"the object store {data / 'objects'}")
+    assert f"FAIL  object store: {message}\n" in result.output
+    assert not data.exists()
+
+
+def test_doctor_advises_init_for_an_empty_database_and_db_upgrade_for_an_old_one(
+    tmp_path: Path,
+) -> None:
+    from folders.db import upgrade
+
+    data = tmp_path.resolve() / "var"
+    satchel = Satchel(data, None)
+    assert satchel("init").exit_code == 0
+    database = data / "satchel.db"
+    database.unlink()
+    database.touch(mode=0o600)  # what `satchel doctor` used to leave on a mistyped path
+    empty = satchel("doctor")
+    assert empty.exit_code == 1
+    assert empty.output.splitlines()[0] == (
+        f"FAIL  database: sqlite:///{database} holds no Satchel schema (an empty database); "
+        "run `satchel init` to create the schema and any missing key files"
+    )
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine, "0006")
+    head = head_revision(engine)
+    engine.dispose()
+    behind = satchel("doctor")
+    assert behind.exit_code == 1
+    assert behind.output.splitlines()[0] == (
+        f"FAIL  database: sqlite:///{database} is at schema revision 0006, expected {head}; "
+        "run `satchel db upgrade`"
+    )
+
+
+def test_a_runtime_opens_its_sqlite_database_and_never_creates_it(tmp_path: Path) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from config import Settings
+    from folders.bootstrap import initialize
+    from folders.runtime import NotInstalled, Runtime
+
+    settings = Settings(data_dir=tmp_path.resolve() / "var")
+    database = settings.data_dir / "satchel.db"
+    runtime = Runtime(settings)
+    with pytest.raises(NotInstalled) as refused:
+        runtime.engine  # noqa: B018 - the property is what is tested
+    assert str(refused.value) == not_installed(settings.data_dir, f"the database {database}")
+    assert not settings.data_dir.exists()
+    initialize(runtime)  # creates the file; the same runtime then opens it
+    runtime.engine.dispose()
+    for name in ("satchel.db", "satchel.db-wal", "satchel.db-shm"):
+        (settings.data_dir / name).unlink(missing_ok=True)
+    with (
+        pytest.raises(OperationalError, match="unable to open database file"),
+        runtime.engine.connect() as connection,
+    ):
+        connection.execute(text("SELECT 1"))
+    assert not database.exists()
+    runtime.close()
 
 
 def test_doctor_names_a_dead_s3_endpoint(satchel: Satchel) -> None:
