@@ -123,10 +123,13 @@ class Accounts:
         return self._hasher.hash(password)
 
     def disable(self, actor: Actor, email: str) -> UserInfo:
-        """Disable an account so it can no longer log in; NotFound for an unknown email."""
+        """Disable an account so it can no longer log in; NotFound for an unknown email.
+        An account disabled already stays as it is, and nothing is recorded."""
         self._require_admin(actor)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
+            if not user.active:
+                return _info(user)
             user.active = False
             self._audit.append(session, event_for(actor, Action.USER_DISABLE, detail=user.email))
         return _info(user)

@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from folders.errors import Conflict, Forbidden, InvalidInput
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.models import Role
 from web import pages
 from web.auth import current_actor, guard_role
@@ -88,13 +88,42 @@ def create_user() -> ResponseReturnValue:
 
 @bp.post("/users/<uuid:user_id>/disable")
 def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
+    """Ask first, then disable: a disabled account cannot be enabled again, so the
+    list's button leads to a confirmation page, whose button sends ``confirm=yes``.
+    Either way the admin goes back to the same search and page of the list."""
+    back = url_for("admin.home", **_list_place())
+    if request.form.get("confirm") != "yes":
+        try:
+            account = runtime().accounts.get(user_id)
+        except NotFound:
+            flash("No such account; nothing was changed.", "error")
+            return redirect(back)
+        if not account.active:
+            flash(f"The account {account.email} is disabled already; nothing was changed.")
+            return redirect(back)
+        return render_template(
+            "admin/disable.html",
+            title=f"Disable {account.email}?",
+            account=account,
+            place=_list_place(),
+            back=back,
+        )
     try:
         user = runtime().onboarding.disable_account(current_actor(), user_id)
-    except InvalidInput as e:
+    except (InvalidInput, NotFound) as e:
         flash(e.public_message, "error")
-        return redirect(url_for("admin.home"))
+        return redirect(back)
     flash(f"The account {user.email} is disabled; it can no longer log in.")
-    return redirect(url_for("admin.home"))
+    return redirect(back)
+
+
+def _list_place() -> dict[str, str]:
+    """The search and page of the account list a form was sent from (``q``, ``page``)."""
+    place = {"q": request.form.get("q", "").strip()[:200]}
+    page = request.form.get("page", "")
+    if page.isascii() and page.isdigit() and 0 < len(page) <= 6:
+        place["page"] = page
+    return {k: v for k, v in place.items() if v}
 
 
 @bp.post("/users/<uuid:user_id>/password-link")

@@ -75,7 +75,19 @@ def test_accounts_are_found_by_email_or_name_a_page_at_a_time(
 def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     parent = signed_in(app, cast.parent.email)
     client = signed_in(app, cast.admin.email)
-    assert post(client, f"/admin/users/{cast.parent.user_id}/disable").status_code == 302
+    url = f"/admin/users/{cast.parent.user_id}/disable"
+    # The list's button asks first: nothing is disabled until the admin confirms.
+    asked = post(client, url, {"q": "home.example", "page": "2"})
+    assert asked.status_code == 200
+    assert f"<h1>Disable the account {cast.parent.email}?</h1>" in asked.text
+    assert "cannot be enabled again" in asked.text
+    assert 'name="confirm" value="yes"' in asked.text and 'name="page" value="2"' in asked.text
+    assert parent.get("/guardian/").status_code == 200
+    assert events(runtime, Action.USER_DISABLE) == []
+
+    done = post(client, url, {"confirm": "yes", "q": "home.example", "page": "2"})
+    assert done.status_code == 302
+    assert done.headers["Location"].endswith("/admin/?q=home.example&page=2")
     # The disabled guardian's open session ends at once, and they cannot log in again.
     assert parent.get("/guardian/").status_code == 302
     fresh = app.test_client()
@@ -90,7 +102,12 @@ def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     assert response.status_code == 401
     assert events(runtime, Action.USER_DISABLE)[0].event.detail == cast.parent.email
 
-    post(client, f"/admin/users/{cast.admin.user_id}/disable")
+    again = post(client, url, {"confirm": "yes"})
+    assert again.status_code == 302 and len(events(runtime, Action.USER_DISABLE)) == 1
+    asked_again = post(client, url)
+    assert asked_again.status_code == 302  # nothing to confirm: the list says so
+    assert "disabled already; nothing was changed" in client.get("/admin/").text
+    post(client, f"/admin/users/{cast.admin.user_id}/disable", {"confirm": "yes"})
     refusal = re.search(
         r'<div class="error-summary" role="alert">(.*?)</div>', client.get("/admin/").text, re.S
     )
