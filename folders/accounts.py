@@ -43,6 +43,8 @@ class UserInfo:
 def normalize_email(email: str) -> str:
     """Lower-case and trim an email; InvalidInput if it is not shaped like one."""
     cleaned = email.strip().lower()
+    if not cleaned:
+        raise InvalidInput("Enter an email address.")
     if not _EMAIL.match(cleaned) or len(cleaned) > 254:
         raise InvalidInput(f"Not a valid email address: {email!r}.")
     return cleaned

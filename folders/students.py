@@ -15,7 +15,7 @@ from audit.events import Action
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
 from folders.auditing import denied, event_for
-from folders.errors import Conflict, Forbidden, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
 from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
 from folders.links import guardian_link
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
@@ -105,9 +105,12 @@ class Students:
         grade: str | None = None,
         school_code: str | None = None,
     ) -> StudentInfo:
-        """Create a student; Conflict if the district or state id is taken."""
+        """Create a student; Conflict if the district or state id is taken, InvalidInput
+        for a missing or too long name or id, or a birth date after today."""
         self._require(actor, Permission.MANAGE_FOLDER)
         now = self._clock()
+        if birth_date is not None and birth_date > now.date():
+            raise InvalidInput(f"The birth date {birth_date.isoformat()} is in the future.")
         student = Student(
             district_id=clean_text(district_id, "district id", max_length=64),
             state_id=clean_text(state_id or "", "state id", max_length=64, required=False),

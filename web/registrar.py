@@ -422,12 +422,14 @@ def _sharing_page(
     student = rt.students.get_student(actor, student_id)
     linked = rt.students.list_guardians(actor, student_id)
     eligible = [g for g in linked if not g.restricted and g.ended_at is None]
+    every = rt.grants.list_for_student(actor, student_id, include_inactive=True)
     page = render_template(
         "registrar/sharing.html",
         title=f"Sharing the folder of {student.full_name}",
         student=student,
         guardians=eligible,
-        grants=rt.grants.list_for_student(actor, student_id),
+        grants=[g for g in every if g.in_force],
+        ended=[g for g in every if not g.in_force],
         document_groups=_by_category(rt.documents.list_folder(actor, student_id)),
         categories=CATEGORY_CHOICES,
         errors=errors,

@@ -45,10 +45,20 @@ def test_duplicate_email_is_a_conflict(accounts: Accounts) -> None:
         accounts.add_user(OPERATOR, "A@school.example", Role.ADMIN)
 
 
-@pytest.mark.parametrize("email", ["", "not-an-email", "two@@example.org", "a b@example.org"])
-def test_malformed_email_is_rejected(accounts: Accounts, email: str) -> None:
-    with pytest.raises(InvalidInput):
+@pytest.mark.parametrize(
+    ("email", "message"),
+    [
+        ("", "Enter an email address."),
+        ("  ", "Enter an email address."),
+        ("not-an-email", "Not a valid email address: 'not-an-email'."),
+        ("two@@example.org", "Not a valid email address: 'two@@example.org'."),
+        ("a b@example.org", "Not a valid email address: 'a b@example.org'."),
+    ],
+)
+def test_malformed_email_is_rejected(accounts: Accounts, email: str, message: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
         accounts.add_user(OPERATOR, email, Role.GUARDIAN)
+    assert refused.value.public_message == message
 
 
 def test_short_password_is_rejected(accounts: Accounts) -> None:

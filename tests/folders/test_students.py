@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from audit.events import Action, Outcome
 from folders.actor import Actor
-from folders.errors import Forbidden, NotFound
+from folders.errors import Forbidden, InvalidInput, NotFound
 from folders.grants import GUARDIANSHIP_ENDED, GrantStatus
 from folders.models import GrantScope, Guardianship
 from folders.runtime import Runtime
@@ -177,3 +178,12 @@ def test_a_district_id_is_found_in_any_case_unless_that_is_ambiguous(
     students.add_student(registrar, "aB-7", "Dee", "Diaz")
     with pytest.raises(NotFound, match=r"No student with the district id ab-7\."):
         students.get_by_district_id(registrar, "ab-7")  # two in another case: neither
+
+
+def test_a_birth_date_after_today_is_refused(runtime: Runtime, cast: Cast) -> None:
+    tomorrow = (runtime.clock() + timedelta(days=1)).date()
+    with pytest.raises(InvalidInput, match=f"The birth date {tomorrow} is in the future"):
+        runtime.students.add_student(cast.registrar, "D-3", "Ana", "Diaz", birth_date=tomorrow)
+    today = runtime.clock().date()
+    added = runtime.students.add_student(cast.registrar, "D-3", "Ana", "Diaz", birth_date=today)
+    assert added.district_id == "D-3"

@@ -436,6 +436,11 @@ def test_grant_document_category_and_folder_then_revoke_with_reason(
         if g.id == folder_grant.id
     ]
     assert (revoked.status, revoked.revoke_reason) == (GrantStatus.REVOKED, "Moved away")
+    # Gone from what is shared, listed among what has ended, with who and why.
+    page = client.get(f"/registrar/students/{cast.child.id}/sharing").get_data(as_text=True)
+    assert page.count('class="grant"') == 2
+    assert "Access that has ended (1)" in page and page.count('class="ended-grant"') == 1
+    assert f"by {cast.registrar.email}: Moved away." in page
     # A second click finds nothing to revoke: back to the page, which says so.
     twice = post(client, revoke, {"reason": "again"})
     assert twice.status_code == 302
