@@ -1015,6 +1015,8 @@ def _infrastructure_problem(error: Exception) -> tuple[RowProblem, str]:
 
 # Cells starting with these are formulas to spreadsheet programs.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# C0 controls but tab, line feed and carriage return (which CSV quotes), and DEL.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def write_report(path: Path, results: Sequence[RowResult]) -> None:
@@ -1023,7 +1025,10 @@ def write_report(path: Path, results: Sequence[RowResult]) -> None:
 
     def safe(cell: str) -> str:
         # SECURITY: the report is opened in spreadsheets; a cell from the manifest must
-        # not become a formula there.
+        # not become a formula there. A NUL or other control character (the likely
+        # reason the row was refused) is shown as U+FFFD: some programs stop reading a
+        # file at a NUL.
+        cell = _CONTROL.sub("\ufffd", cell)
         return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
     out = io.StringIO(newline="")

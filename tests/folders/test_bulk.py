@@ -968,3 +968,16 @@ def test_the_ingest_lock_outlives_an_idle_session_timeout(postgres_database_url:
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_the_report_shows_control_characters_as_replacement_characters(tmp_path: Path) -> None:
+    """Spreadsheet programs may stop reading at a NUL: the report never contains one."""
+    report = tmp_path / "batch.rejected.csv"
+    cells = ("D-1", "iep", "IEP\x00 review\x1b", "", "", "=cmd|' /C calc'!A0")
+    rejected = RowResult(2, cells, RowOutcome.REJECTED, "bad_title", "Bad\x07 title.")
+    write_report(report, [rejected])
+    text = report.read_text(encoding="utf-8")
+    assert "\x00" not in text and "\x1b" not in text and "\x07" not in text
+    [_, row] = list(csv.reader(io.StringIO(text)))
+    assert row[3] == "IEP\ufffd review\ufffd" and row[-1] == "Bad\ufffd title."
+    assert row[6] == "'=cmd|' /C calc'!A0"  # still no formula
