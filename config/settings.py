@@ -233,7 +233,11 @@ def _coerce(source: str, name: str, value: Any) -> Any:
         if name in ("data_dir", "keys_dir"):
             return Path(str(value)) if str(value) else None
         if name == "storage_backend":
-            return StorageBackend(str(value).lower())
+            choice = str(value).lower()
+            if choice not in tuple(StorageBackend):
+                valid = " or ".join(b.value for b in StorageBackend)
+                raise ValueError(f"must be {valid}, not {value!r}")
+            return StorageBackend(choice)
         if name in ("workers", "max_upload_mb", "session_idle_minutes", "proxy_hops"):
             return _as_int(value)
         if name == "audit_checkpoint_retention_days":

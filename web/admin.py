@@ -91,7 +91,8 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
     """Ask first, then disable: a disabled account cannot be enabled again, so the
     list's button leads to a confirmation page, whose button sends ``confirm=yes``.
     Either way the admin goes back to the same search and page of the list."""
-    back = url_for("admin.home", **_list_place())
+    place = _list_place()
+    back = url_for("admin.home", q=place.get("q"), page=place.get("page"))
     if request.form.get("confirm") != "yes":
         try:
             account = runtime().accounts.get(user_id)
@@ -105,7 +106,7 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
             "admin/disable.html",
             title=f"Disable {account.email}?",
             account=account,
-            place=_list_place(),
+            place=place,
             back=back,
         )
     try:

@@ -103,8 +103,19 @@ def init() -> None:
 
 
 @cli.command()
-@click.option("--bind", help="HOST:PORT to listen on (default: the bind setting).")
-@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes.")
+@click.option(
+    "--bind",
+    metavar="HOST:PORT",
+    help="Address to listen on (default: the bind setting, SATCHEL_BIND; "
+    f"{Settings.bind} unless set).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    help="Gunicorn worker processes (default: the workers setting, SATCHEL_WORKERS; "
+    f"{Settings.workers} unless set).",
+)
 @with_appcontext
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the web app with gunicorn (run `satchel init` first)."""

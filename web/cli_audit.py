@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import click
@@ -25,9 +25,7 @@ from audit.log import AuditLog, EventFilter
 from audit.verify import VerifyReport
 from folders.actor import Actor
 from folders.auditing import event_for
-from web.cli_support import reports_errors, runtime
-
-_DATE = click.DateTime(formats=["%Y-%m-%d"])
+from web.cli_support import DATE, counted, reports_errors, runtime
 
 
 @click.group("audit")
@@ -41,6 +39,7 @@ def audit_cli() -> None:
     "--jobs",
     type=click.IntRange(min=1),
     default=lambda: os.cpu_count() or 1,
+    metavar="N",
     show_default="the number of CPUs",
     help="Processes, this one included, that check a log of 524,288 events or more.",
 )
@@ -159,11 +158,12 @@ def pubkey() -> None:
 @click.option(
     "--student",
     "student_id",
+    metavar="ID",
     help="Only events about this student: a district id, or Satchel's id of the student.",
 )
-@click.option("--actor", "actor_email", help="Only events by this email address.")
-@click.option("--since", type=_DATE, help="From this UTC day (YYYY-MM-DD), inclusive.")
-@click.option("--until", type=_DATE, help="Up to this UTC day (YYYY-MM-DD), inclusive.")
+@click.option("--actor", "actor_email", metavar="EMAIL", help="Only events by this email address.")
+@click.option("--since", type=DATE, help="From this UTC day, inclusive.")
+@click.option("--until", type=DATE, help="Up to this UTC day, inclusive.")
 @click.option(
     "--output",
     "-o",
@@ -176,18 +176,20 @@ def export(
     fmt: str,
     student_id: str | None,
     actor_email: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    since: date | None,
+    until: date | None,
     output: Path | None,
 ) -> None:
     """Export audit events, oldest first (formats: docs/audit-log.md)."""
-    if until is not None and until.date() == date.max:  # it has no next midnight
-        raise click.BadParameter("must be before 9999-12-31", param_hint="--until")
+    if until is not None and until == date.max:  # it has no next midnight
+        raise click.BadParameter("must be before 9999-12-31.", param_hint="'--until'")
+    if since is not None and until is not None and until < since:  # both days count
+        raise click.BadParameter(f"{until} is before --since {since}.", param_hint="'--until'")
     where = EventFilter(
         actor_email=actor_email.strip().lower() if actor_email else None,
         student_id=_student_filter(student_id),
-        since=since.replace(tzinfo=UTC) if since else None,
-        until=until.replace(tzinfo=UTC) + timedelta(days=1) if until else None,
+        since=_midnight(since) if since else None,
+        until=_midnight(until + timedelta(days=1)) if until else None,
     )
     log = runtime().audit_log
     _record_export(log, fmt, where)
@@ -197,7 +199,12 @@ def export(
     else:
         with output.open("wb") as handle:
             count = export_events(log.events(where), handle, ExportFormat(fmt))
-        click.echo(f"exported {count} events to {output}", err=True)
+        click.echo(f"exported {counted(count, 'event')} to {output}", err=True)
+
+
+def _midnight(day: date) -> datetime:
+    """The UTC midnight that starts ``day``."""
+    return datetime.combine(day, time(), tzinfo=UTC)
 
 
 def _record_export(log: AuditLog, fmt: str, where: EventFilter) -> None:

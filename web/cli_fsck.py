@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from folders.actor import Actor
 from folders.fsck import MIN_REPAIR_GRACE, Finding, FindingKind, FsckReport, RepairResult
-from web.cli_support import reports_errors, runtime
+from web.cli_support import counted, reports_errors, runtime
 
 _LABELS = {
     FindingKind.MISSING_OBJECT: "MISSING",
@@ -52,6 +52,7 @@ _LABELS = {
     type=click.FloatRange(min=0),
     default=24,
     show_default=True,
+    metavar="HOURS",
     help="Unreferenced objects younger than this are uploads in progress, not orphans. "
     "At least 1 with --repair.",
 )
@@ -107,11 +108,12 @@ def _print(
     report: FsckReport, repaired: RepairResult | None, remaining: tuple[Finding, ...], store: str
 ) -> None:
     checked = (
-        f"checked {report.versions} versions ({report.shredded} shredded) against "
-        f"{report.objects} objects in {store} and {report.intents} ingest intents"
+        f"checked {counted(report.versions, 'version')} ({report.shredded} shredded) against "
+        f"{counted(report.objects, 'object')} in {store} and "
+        f"{counted(report.intents, 'ingest intent')}"
     )
     if report.deep:
-        checked += f"; {report.authenticated} objects authenticated"
+        checked += f"; {counted(report.authenticated, 'object')} authenticated"
     click.echo(checked)
     for finding in report.findings:
         click.echo(f"{_LABELS[finding.kind]:<9}{finding.key}: {finding.detail}")
@@ -123,7 +125,7 @@ def _print(
     if remaining:
         repairable = sum(1 for f in remaining if f.repairable)
         hint = f" ({repairable} fixed by --repair)" if repairable and repaired is None else ""
-        click.echo(f"{len(remaining)} problem{'' if len(remaining) == 1 else 's'}{hint}")
+        click.echo(f"{counted(len(remaining), 'problem')}{hint}")
     else:
         click.echo("OK: no problems")
 

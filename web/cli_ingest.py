@@ -18,7 +18,7 @@ from folders.bulk import (
 )
 from folders.export import FolderExport
 from web.cli_records import AS_OPTION
-from web.cli_support import reports_errors, runtime
+from web.cli_support import counted, reports_errors, runtime
 
 
 @click.command()
@@ -28,11 +28,13 @@ from web.cli_support import reports_errors, runtime
     type=click.IntRange(1, 12),
     default=4,
     show_default=True,
+    metavar="N",
     help="Files stored in parallel.",
 )
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
     help="CSV of the rows not stored, with the reason (default: MANIFEST.rejected.csv "
     "beside the manifest).",
 )
@@ -70,12 +72,13 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
 
         summary = bulk.run(actor, parsed, workers=workers, on_result=advance)
     if summary.unfinished_removed:
-        click.echo(f"removed {summary.unfinished_removed} unfinished uploads of an interrupted run")
+        removed = counted(summary.unfinished_removed, "unfinished upload")
+        click.echo(f"removed {removed} of an interrupted run")
     click.echo(
         f"{summary.count(RowOutcome.STORED)} stored, "
         f"{summary.count(RowOutcome.ALREADY_STORED)} already stored, "
         f"{summary.count(RowOutcome.REJECTED)} rejected, "
-        f"{summary.count(RowOutcome.FAILED)} failed of {len(summary.results)} rows; "
+        f"{summary.count(RowOutcome.FAILED)} failed of {counted(len(summary.results), 'row')}; "
         f"{summary.bytes_stored / 1e6:.2f} MB in {summary.seconds:.1f} s "
         f"({summary.megabytes_per_second:.2f} MB/s)"
     )
@@ -93,7 +96,8 @@ def ingest(manifest: Path, workers: int, report: Path | None, as_email: str) -> 
             "are skipped)"
         ) from e
     if summary.not_stored:
-        click.echo(f"{len(summary.not_stored)} rows not stored: see {report_path}", err=True)
+        not_stored = counted(len(summary.not_stored), "row")
+        click.echo(f"{not_stored} not stored: see {report_path}", err=True)
     if not summary.complete:
         raise SystemExit(1)
 
@@ -110,6 +114,7 @@ def folder() -> None:
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="Directory to create (must not exist, or be empty).",
 )
 @click.option(
@@ -137,7 +142,8 @@ def folder_export(student_id: str, out_dir: Path, purpose: str, as_email: str) -
     for path in result.abandoned_removed:
         click.echo(f"removed {path}, left by an interrupted export")
     click.echo(
-        f"exported {len(result.documents)} documents ({result.bytes_written / 1e6:.1f} MB) of "
+        f"exported {counted(len(result.documents), 'document')} "
+        f"({result.bytes_written / 1e6:.1f} MB) of "
         f"{student.district_id} {student.full_name} to {result.directory}"
     )
     click.echo(f"manifest.json sha256 {result.manifest_sha256}")

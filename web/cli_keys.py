@@ -9,8 +9,7 @@ from flask.cli import with_appcontext
 from tqdm import tqdm
 
 from folders.actor import Actor
-from folders.errors import InvalidInput
-from web.cli_support import reports_errors, runtime
+from web.cli_support import IdType, counted, reports_errors, runtime
 
 
 @click.group()
@@ -24,7 +23,7 @@ def keys() -> None:
 def keys_status() -> None:
     """Keyring versions and how many data keys each one wraps."""
     versions = runtime().keys.status(Actor.operator())  # an error comes before the header
-    click.echo(f"{'VERSION':<8} {'CREATED':<17} {'STATE':<10} DATA KEYS")
+    click.echo(f"{'VERSION':<8} {'CREATED':<16} {'STATE':<10} DATA KEYS")
     for v in versions:
         state = (
             "destroyed"
@@ -35,7 +34,8 @@ def keys_status() -> None:
             if v.active
             else "usable"
         )
-        click.echo(f"{v.version:<8} {v.created_at:%Y-%m-%d %H:%M} {state:<10} {v.data_keys}")
+        created = f"{v.created_at:%Y-%m-%d %H:%M}"
+        click.echo(f"{v.version:<8} {created:<16} {state:<10} {v.data_keys}")
 
 
 @keys.command("rotate")
@@ -44,7 +44,14 @@ def keys_status() -> None:
     is_flag=True,
     help="Only finish rewrapping under the active version (after an interruption).",
 )
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    metavar="N",
+    help="Data keys rewrapped per transaction; an interruption loses at most one batch.",
+)
 @with_appcontext
 @reports_errors
 def keys_rotate(resume: bool, batch_size: int) -> None:
@@ -61,8 +68,8 @@ def keys_rotate(resume: bool, batch_size: int) -> None:
     )
     bar.close()
     click.echo(
-        f"active version {result.active_version}: rewrapped {result.rewrapped} data "
-        f"keys, {result.remaining} left on older versions"
+        f"active version {result.active_version}: rewrapped "
+        f"{counted(result.rewrapped, 'data key')}, {result.remaining} left on older versions"
     )
 
 
@@ -72,6 +79,7 @@ def keys_rotate(resume: bool, batch_size: int) -> None:
     "min_version",
     type=click.IntRange(1),
     required=True,
+    metavar="N",
     help="Versions below this can no longer decrypt.",
 )
 @with_appcontext
@@ -86,7 +94,7 @@ def keys_retire(min_version: int) -> None:
 @click.option(
     "--reason",
     required=True,
-    help="Why (e.g. the backups that need them have expired); recorded.",
+    help="Why, e.g. the backups that need them have expired (recorded).",
 )
 @click.confirmation_option(
     prompt="Erase the retired key versions for good? Backups that need them become unreadable."
@@ -99,20 +107,17 @@ def keys_destroy(reason: str) -> None:
     if not destroyed:
         click.echo("no retired key version left to destroy")
         return
-    click.echo(f"key versions {', '.join(str(v) for v in destroyed)} destroyed")
+    noun = "key version" if len(destroyed) == 1 else "key versions"
+    click.echo(f"{noun} {', '.join(str(v) for v in destroyed)} destroyed")
 
 
 @keys.command("shred")
-@click.argument("version_id")
-@click.option("--reason", required=True, help="Why (e.g. the retention schedule); recorded.")
+@click.argument("version_id", type=IdType("document version id"))
+@click.option("--reason", required=True, help="Why, e.g. the retention schedule (recorded).")
 @click.confirmation_option(prompt="Destroy this version's content for good?")
 @with_appcontext
 @reports_errors
-def keys_shred(version_id: str, reason: str) -> None:
+def keys_shred(version_id: uuid.UUID, reason: str) -> None:
     """Crypto-shred one document version: its data key and object are destroyed."""
-    try:
-        parsed = uuid.UUID(version_id)
-    except ValueError:
-        raise InvalidInput(f"Not a version id: {version_id!r}.") from None
-    runtime().keys.shred_version(Actor.operator(), parsed, reason)
-    click.echo(f"version {parsed} destroyed")
+    runtime().keys.shred_version(Actor.operator(), version_id, reason)
+    click.echo(f"version {version_id} destroyed")

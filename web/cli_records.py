@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
+from typing import cast
 
 import click
 from flask.cli import with_appcontext
 
+from folders.categories import Category
 from folders.demo import load_demo
 from folders.errors import InvalidInput
 from folders.grants import GrantStatus, parse_scope
-from web.cli_support import reports_errors, runtime
+from folders.models import GrantScope
+from web.cli_support import DATE, IdType, counted, reports_errors, runtime
 
 AS_OPTION = click.option(
     "--as",
@@ -29,7 +32,9 @@ def demo() -> None:
     """Load a demo school with students, guardians, documents and grants; print the logins."""
     report = load_demo(runtime())
     click.echo("Demo school loaded: Maple Grove Elementary (demo)")
-    click.echo(f"  {len(report.students)} students, {report.documents} documents")
+    click.echo(
+        f"  {counted(len(report.students), 'student')}, {counted(report.documents, 'document')}"
+    )
     for line in report.students:
         click.echo(f"  student {line}")
     click.echo("\nLogins (shown once; change them with `satchel user passwd`):")
@@ -44,11 +49,11 @@ def student() -> None:
 
 @student.command("add")
 @click.argument("district_id")
-@click.option("--given", "given_name", required=True, help="Given (first) name.")
-@click.option("--family", "family_name", required=True, help="Family (last) name.")
-@click.option("--birth-date", type=click.DateTime(["%Y-%m-%d"]), help="YYYY-MM-DD.")
-@click.option("--grade", help="Grade level, e.g. K, 3, 11.")
-@click.option("--school", "school_code", help="School code (must exist).")
+@click.option("--given", "given_name", required=True, metavar="NAME", help="Given (first) name.")
+@click.option("--family", "family_name", required=True, metavar="NAME", help="Family (last) name.")
+@click.option("--birth-date", type=DATE, help="Date of birth.")
+@click.option("--grade", metavar="GRADE", help="Grade level, e.g. K, 3, 11.")
+@click.option("--school", "school_code", metavar="CODE", help="School code (must exist).")
 @AS_OPTION
 @with_appcontext
 @reports_errors
@@ -56,7 +61,7 @@ def student_add(
     district_id: str,
     given_name: str,
     family_name: str,
-    birth_date: datetime | None,
+    birth_date: date | None,
     grade: str | None,
     school_code: str | None,
     as_email: str,
@@ -68,7 +73,7 @@ def student_add(
         district_id,
         given_name,
         family_name,
-        birth_date=birth_date.date() if birth_date else None,
+        birth_date=birth_date,
         grade=grade,
         school_code=school_code,
     )
@@ -82,7 +87,8 @@ def student_add(
     type=click.IntRange(1),
     default=1,
     show_default=True,
-    help="Which page of results, 25 students each.",
+    metavar="N",
+    help="Which page of results, 25 students each; one past the last shows the last.",
 )
 @AS_OPTION
 @with_appcontext
@@ -91,10 +97,12 @@ def student_find(query: str, page: int, as_email: str) -> None:
     """Search students by name or id (all students when QUERY is empty)."""
     rt = runtime()
     found = rt.students.find_students(rt.accounts.acting_as(as_email), query, page=page)
+    if found.page < page:  # the service shows the last page for one past it
+        click.echo(f"page {page} does not exist; showing the last page, {found.page}", err=True)
     click.echo(f"{'DISTRICT ID':<14} {'NAME':<32} {'GRADE':<6} ID")
     for s in found.items:
         click.echo(f"{s.district_id:<14} {s.full_name:<32} {s.grade or '':<6} {s.id}")
-    click.echo(f"page {found.page} of {found.pages} ({found.total} students)")
+    click.echo(f"page {found.page} of {found.pages} ({counted(found.total, 'student')})")
 
 
 @click.group()
@@ -102,21 +110,43 @@ def grant() -> None:
     """Share documents with guardians, list and revoke grants."""
 
 
-def _end_of_day(day: datetime) -> datetime:
-    return datetime.combine(day.date(), time(23, 59, 59), tzinfo=UTC)
+Scope = tuple[GrantScope, Category | None, uuid.UUID | None]
+
+
+class ScopeType(click.ParamType[Scope]):
+    """``folder``, ``category:NAME`` or ``document:ID``, parsed by the domain's
+    :func:`parse_scope`; a malformed one is a usage error with its message."""
+
+    name = "scope"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "SCOPE"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Scope:
+        if isinstance(value, tuple):
+            return cast(Scope, value)  # converted already
+        try:
+            return parse_scope(str(value))
+        except InvalidInput as e:
+            self.fail(str(e), param, ctx)
+
+
+def _end_of_day(day: date) -> datetime:
+    return datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
 
 
 @grant.command("add")
 @click.argument("guardian_email")
 @click.argument("student_id")
 @click.option(
-    "--scope", required=True, metavar="SCOPE", help="folder | category:NAME | document:ID"
+    "--scope",
+    required=True,
+    type=ScopeType(),
+    help="What is shared: folder, category:NAME or document:ID.",
 )
-@click.option(
-    "--expires",
-    type=click.DateTime(["%Y-%m-%d"]),
-    help="Last day of access, YYYY-MM-DD (access ends at 23:59:59 UTC).",
-)
+@click.option("--expires", type=DATE, help="Last day of access (access ends at 23:59:59 UTC).")
 @click.option("--reason", help="Why this is shared (recorded).")
 @AS_OPTION
 @with_appcontext
@@ -124,15 +154,15 @@ def _end_of_day(day: datetime) -> datetime:
 def grant_add(
     guardian_email: str,
     student_id: str,
-    scope: str,
-    expires: datetime | None,
+    scope: Scope,
+    expires: date | None,
     reason: str | None,
     as_email: str,
 ) -> None:
     """Give GUARDIAN_EMAIL access to STUDENT_ID's records (district id)."""
     rt = runtime()
     actor = rt.accounts.acting_as(as_email)
-    kind, category, document_id = parse_scope(scope)
+    kind, category, document_id = scope
     found = rt.students.get_by_district_id(actor, student_id)
     info = rt.grants.grant(
         actor,
@@ -173,17 +203,13 @@ def grant_list(student_id: str, include_inactive: bool, as_email: str) -> None:
 
 
 @grant.command("revoke")
-@click.argument("grant_id")
+@click.argument("grant_id", type=IdType("grant id"))
 @click.option("--reason", required=True, help="Why access ends (recorded).")
 @AS_OPTION
 @with_appcontext
 @reports_errors
-def grant_revoke(grant_id: str, reason: str, as_email: str) -> None:
+def grant_revoke(grant_id: uuid.UUID, reason: str, as_email: str) -> None:
     """Revoke GRANT_ID; the guardian's next request is refused."""
     rt = runtime()
-    try:
-        parsed = uuid.UUID(grant_id)
-    except ValueError:
-        raise InvalidInput(f"Not a grant id: {grant_id!r}.") from None
-    info = rt.grants.revoke(rt.accounts.acting_as(as_email), parsed, reason)
+    info = rt.grants.revoke(rt.accounts.acting_as(as_email), grant_id, reason)
     click.echo(f"revoked grant {info.id} for {info.guardian_email}")

@@ -1,9 +1,13 @@
-"""Shared pieces of the ``satchel`` commands: the Runtime and error reporting."""
+"""Shared pieces of the ``satchel`` commands: the Runtime, error reporting, the
+parameter types for dates and ids, and counted nouns."""
 
 from __future__ import annotations
 
 import functools
+import re
+import uuid
 from collections.abc import Callable
+from datetime import date
 from typing import ParamSpec, TypeVar
 
 import click
@@ -58,3 +62,55 @@ def describe_os_error(error: OSError) -> str:
     if error.filename is None:
         return f"file system error: {reason}"
     return f"cannot use {error.filename}: {reason}"
+
+
+class DateType(click.ParamType[date]):
+    """A day written YYYY-MM-DD, as a :class:`~datetime.date`; anything else is a usage
+    error in those terms (never strptime codes)."""
+
+    name = "date"
+    _FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "YYYY-MM-DD"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> date:
+        if isinstance(value, date):
+            return value
+        text = str(value).strip()
+        if not self._FORM.fullmatch(text):
+            self.fail(f"{text!r} is not a date (YYYY-MM-DD).", param, ctx)
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is not a real date (YYYY-MM-DD).", param, ctx)
+
+
+DATE = DateType()
+
+
+class IdType(click.ParamType[uuid.UUID]):
+    """A record's id, a UUID; ``what`` names it in the usage error (``grant id``)."""
+
+    name = "id"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        text = str(value).strip()
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            self.fail(f"{text!r} is not a {self.what} (a UUID).", param, ctx)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 row``, ``2 rows``: the count and the noun, plural unless the count is 1."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

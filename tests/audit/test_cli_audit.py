@@ -236,9 +236,34 @@ def test_export_csv_by_actor_and_day_to_a_file(
     # Events every 12 hours from 2025-09-01 19:30; user2 acts in events 2 and 7.
     assert [(row["sequence"], row["time"][:10]) for row in rows] == [("2", "2025-09-02")]
     assert rows[0]["actor_email"] == "user2@school.example"
-    assert "exported 1 events" in result.stderr
+    assert f"exported 1 event to {output}\n" in result.stderr
 
 
 def test_export_needs_a_format(satchel: Satchel) -> None:
     result = satchel("audit", "export")
     assert result.exit_code == 2
+
+
+def test_export_refuses_a_since_after_until_and_records_nothing(
+    satchel: Satchel, runtime: Runtime
+) -> None:
+    before = len(list(runtime.audit_log.events()))
+    result = satchel(
+        "audit", "export", "--format", "csv", "--since", "2027-01-01", "--until", "2026-01-01"
+    )
+    assert result.exit_code == 2, result.output
+    assert "Error: Invalid value for '--until': 2026-01-01 is before --since 2027-01-01.\n" in (
+        result.output
+    )
+    assert result.stdout == ""  # not even the header
+    assert len(list(runtime.audit_log.events())) == before
+
+
+def test_export_of_one_day_gives_since_equal_to_until(satchel: Satchel, runtime: Runtime) -> None:
+    result = satchel(
+        "audit", "export", "--format", "csv", "--since", "2025-09-02", "--until", "2025-09-02"
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+    # Events every 12 hours from 2025-09-01 19:30: events 2 and 3 fall on 2025-09-02.
+    assert [row["sequence"] for row in rows] == ["2", "3"]

@@ -79,6 +79,13 @@ def test_bad_configuration_names_the_key(env: dict[str, str], named: str, tmp_pa
     assert named in str(raised.value)
 
 
+def test_an_unknown_storage_backend_lists_the_ones_there_are(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load({"SATCHEL_STORAGE_BACKEND": "ftp"}, tmp_path)
+    assert str(raised.value) == "SATCHEL_STORAGE_BACKEND: must be local or s3, not 'ftp'"
+    assert load({"SATCHEL_STORAGE_BACKEND": "LOCAL"}, tmp_path).storage_backend == "local"
+
+
 def test_unknown_toml_key_names_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "satchel.toml").write_text("[s3]\nbukket = 'typo'\n")
     with pytest.raises(ConfigError, match=r"satchel.toml: s3.bukket: unknown setting"):

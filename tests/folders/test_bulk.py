@@ -779,7 +779,7 @@ def test_satchel_ingest_exit_code_summary_and_report(
     assert first.exit_code == 1, first.output
     assert "4 stored, 0 already stored, 1 rejected, 0 failed of 5 rows" in first.output
     report = batch / "june.rejected.csv"
-    assert "1 rows not stored: see " + str(report) in first.output
+    assert "1 row not stored: see " + str(report) in first.output
     assert "bad_category" in report.read_text()
 
     fixed = write_manifest(batch, rows, name="june.csv")

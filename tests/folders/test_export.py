@@ -488,7 +488,7 @@ def test_an_export_in_place_is_a_success_even_if_its_parent_cannot_be_flushed(
     # The export is complete, verified and audited: the command says so, and warns.
     assert result.exit_code == 0, result.output
     assert error_lines(result) == []
-    assert "exported 1 documents" in result.output
+    assert "exported 1 document " in result.output
     [warning] = [line for line in result.output.splitlines() if line.startswith("Warning:")]
     assert f"the export is complete at {transfer / 'out'}" in warning
     assert "Input/output error" in warning

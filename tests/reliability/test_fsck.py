@@ -469,7 +469,7 @@ def test_the_command_reports_and_repairs_with_exit_codes(
     document, _ = upload_pdf(runtime, cast, cast.child)
     clean = satchel(runtime, "--deep")
     assert clean.exit_code == 0, clean.output
-    assert "1 objects authenticated" in clean.output and "OK: no problems" in clean.output
+    assert "1 object authenticated" in clean.output and "OK: no problems" in clean.output
 
     orphan = put_orphan(runtime)
     within_grace = satchel(runtime)

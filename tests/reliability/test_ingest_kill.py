@@ -182,7 +182,8 @@ def test_ingest_killed_mid_run_then_rerun_stores_each_row_once_without_orphans(
             command, env=environment, capture_output=True, text=True, timeout=120, check=False
         )
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert f"removed {len(unfinished)} unfinished uploads" in rerun.stdout
+        removed = f"{len(unfinished)} unfinished upload{'' if len(unfinished) == 1 else 's'}"
+        assert f"removed {removed}" in rerun.stdout
         assert (
             f"{FILES - committed} stored, {committed} already stored, 0 rejected, 0 failed "
             f"of {FILES} rows" in rerun.stdout

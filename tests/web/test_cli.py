@@ -444,7 +444,7 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     assert unconfirmed.exit_code == 1 and "Aborted" in unconfirmed.output
     assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["retired", "0"]
     destroyed = satchel("keys", "destroy", "--reason", "Backups of 2024 expired", "--yes")
-    assert destroyed.exit_code == 0 and "key versions 1 destroyed" in destroyed.output
+    assert destroyed.exit_code == 0 and "key version 1 destroyed\n" in destroyed.output
     assert satchel("keys", "status").output.splitlines()[1].split()[-2:] == ["destroyed", "0"]
     again = satchel("keys", "destroy", "--reason", "Backups of 2024 expired", "--yes")
     assert "no retired key version left to destroy" in again.output
@@ -511,3 +511,161 @@ def test_a_file_system_error_a_command_did_not_name_is_still_one_line(
 
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.output == message
+
+
+REGISTRAR = ("--as", "registrar@demo.satchel.test")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["grant", "revoke", "not-a-uuid", "--reason", "x", *REGISTRAR],
+            "Invalid value for 'GRANT_ID': 'not-a-uuid' is not a grant id (a UUID).",
+        ),
+        (
+            ["keys", "shred", "not-a-uuid", "--reason", "x", "--yes"],
+            "Invalid value for 'VERSION_ID': 'not-a-uuid' is not a document version id (a UUID).",
+        ),
+        (
+            ["grant", "add", "g@home.example", "D-1001", "--scope", "everything", *REGISTRAR],
+            "Invalid value for '--scope': Scope must be folder, category:NAME or document:ID, "
+            "not 'everything'.",
+        ),
+        (
+            ["grant", "add", "g@home.example", "D-1001", "--scope", "category:gossip", *REGISTRAR],
+            "Invalid value for '--scope': Unknown category 'gossip'; use one of: ",
+        ),
+        (
+            ["grant", "add", "g@home.example", "D-1001", "--scope", "document:42", *REGISTRAR],
+            "Invalid value for '--scope': Not a document id: '42'.",
+        ),
+    ],
+    ids=["grant-revoke", "keys-shred", "scope", "scope-category", "scope-document-id"],
+)
+def test_a_malformed_id_or_scope_is_a_usage_error_refused_before_anything_opens(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = Satchel(tmp_path / "data", None)(*args)
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}" in result.output
+    assert "Usage: " in result.output
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "student",
+                "add",
+                "D-9",
+                "--given",
+                "A",
+                "--family",
+                "B",
+                "--birth-date",
+                "2016-02-30",
+                *REGISTRAR,
+            ],
+            "Invalid value for '--birth-date': '2016-02-30' is not a real date (YYYY-MM-DD).",
+        ),
+        (
+            [
+                "grant",
+                "add",
+                "g@home.example",
+                "D-1001",
+                "--scope",
+                "folder",
+                "--expires",
+                "2020-13-01",
+                *REGISTRAR,
+            ],
+            "Invalid value for '--expires': '2020-13-01' is not a real date (YYYY-MM-DD).",
+        ),
+        (
+            ["audit", "export", "--format", "csv", "--since", "01/02/2026"],
+            "Invalid value for '--since': '01/02/2026' is not a date (YYYY-MM-DD).",
+        ),
+        (
+            ["audit", "export", "--format", "csv", "--until", "20260102"],
+            "Invalid value for '--until': '20260102' is not a date (YYYY-MM-DD).",
+        ),
+    ],
+    ids=["birth-date", "expires", "since", "until"],
+)
+def test_a_bad_date_is_a_usage_error_in_yyyy_mm_dd_terms(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = Satchel(tmp_path / "data", None)(*args)
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}\n" in result.output
+    assert "%Y" not in result.output
+
+
+def _commands(
+    group: click.Group, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+        else:
+            found.append(((*path, name), command))
+    return found
+
+
+def test_every_option_of_every_command_has_help_and_dates_read_yyyy_mm_dd() -> None:
+    for path, command in _commands(cli):
+        assert command.help, path
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, (path, param.opts)
+        shown = CliRunner().invoke(cli, [*path, "--help"])
+        assert shown.exit_code == 0, (path, shown.output)
+        assert "%Y" not in shown.output and "%m" not in shown.output, path
+    for path, option in [
+        (("student", "add"), "--birth-date"),
+        (("grant", "add"), "--expires"),
+        (("audit", "export"), "--since"),
+        (("audit", "export"), "--until"),
+    ]:
+        shown = CliRunner().invoke(cli, [*path, "--help"]).output
+        assert f"{option} YYYY-MM-DD" in shown, (path, option)
+
+
+def test_serve_help_names_where_the_default_workers_come_from() -> None:
+    shown = CliRunner().invoke(cli, ["serve", "--help"]).output
+    assert "SATCHEL_WORKERS" in " ".join(shown.split())
+    assert "2 unless set" in " ".join(shown.split())
+
+
+def test_keys_status_columns_line_up_with_their_headers(satchel: Satchel) -> None:
+    assert satchel("init").exit_code == 0
+    result = satchel("keys", "status")
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()
+    assert row.split()[-2:] == ["active", "0"]
+    assert row.index("active") == header.index("STATE")
+    assert row.rindex("0") == header.index("DATA KEYS")
+    created = row.split()[1]
+    assert row.index(created) == header.index("CREATED")
+
+
+def test_student_find_counts_in_the_singular_and_names_a_page_past_the_last(
+    satchel: Satchel,
+) -> None:
+    assert satchel("init").exit_code == 0
+    assert satchel("demo").exit_code == 0
+    one = satchel("student", "find", "D-1001", *REGISTRAR)
+    assert one.exit_code == 0, one.output
+    assert one.output.splitlines()[-1] == "page 1 of 1 (1 student)"
+    past = satchel("student", "find", "--page", "5", *REGISTRAR)
+    assert past.exit_code == 0, past.output
+    assert past.stderr == "page 5 does not exist; showing the last page, 1\n"
+    assert past.stdout.splitlines()[-1] == "page 1 of 1 (3 students)"
+    assert len(past.stdout.splitlines()) == 5  # the header, 3 students, the page line
+    first = satchel("student", "find", "--page", "1", *REGISTRAR)
+    assert first.stderr == ""
