@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.errors import Conflict, Forbidden, InvalidInput
 from folders.models import Role
 from web import pages
 from web.auth import current_actor, guard_role
@@ -94,11 +94,7 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
     place = _list_place()
     back = url_for("admin.home", q=place.get("q"), page=place.get("page"))
     if request.form.get("confirm") != "yes":
-        try:
-            account = runtime().accounts.get(user_id)
-        except NotFound:
-            flash("No such account; nothing was changed.", "error")
-            return redirect(back)
+        account = runtime().accounts.get(user_id)  # NotFound: a 404
         if not account.active:
             flash(f"The account {account.email} is disabled already; nothing was changed.")
             return redirect(back)
@@ -111,7 +107,7 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
         )
     try:
         user = runtime().onboarding.disable_account(current_actor(), user_id)
-    except (InvalidInput, NotFound) as e:
+    except InvalidInput as e:
         flash(e.public_message, "error")
         return redirect(back)
     flash(f"The account {user.email} is disabled; it can no longer log in.")

@@ -228,7 +228,7 @@ def _form(endpoint: str, resource_name: str, resource: Resource, world: World) -
             "role": "registrar",
         },
         "admin.password_link": dict,
-        "admin.disable_user": dict,
+        "admin.disable_user": lambda: {"confirm": "yes"},  # past the confirmation page
     }
     return forms[endpoint]()
 

@@ -309,7 +309,7 @@ def test_the_command_line_export_refuses_the_last_representable_day(runtime: Run
     args = ["audit", "export", "--format", "csv", "--until", "9999-12-31"]
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 2, result.output
-    assert "Invalid value for --until" in result.output
+    assert "Invalid value for '--until'" in result.output
 
 
 # --- markup ------------------------------------------------------------------------------
