@@ -122,7 +122,13 @@ class Disclosures:
             return _ref(student)
 
     def for_guardian(
-        self, actor: Actor, student_id: uuid.UUID, *, page: int = 1, per_page: int = 50
+        self,
+        actor: Actor,
+        student_id: uuid.UUID,
+        *,
+        page: int = 1,
+        per_page: int = 50,
+        up_to_seq: int | None = None,
     ) -> DisclosureRecord:
         """What staff did with the guardian's child's folder, newest first.
 
@@ -134,7 +140,9 @@ class Disclosures:
         see. Totals and pages count the entries shown. The exception is the sharing
         with and revoking from this guardian, which is about their own access and
         was theirs to know: it stays, naming its document only while the guardian may
-        see it (:data:`UNNAMED_DOCUMENT` otherwise).
+        see it (:data:`UNNAMED_DOCUMENT` otherwise). Pages are read from one snapshot of
+        the log, as :meth:`AuditLog.query`'s are: the page's ``up_to_seq``, passed back
+        for the other pages, keeps them fixed while staff go on working.
 
         Raises NotFound unless the actor is a current, unrestricted guardian of the
         student (the same answer as for a student who does not exist), after recording
@@ -172,6 +180,7 @@ class Disclosures:
                 per_page=per_page,
                 with_detail=False,
                 named=visible.__contains__,
+                up_to_seq=up_to_seq,
             ),
         )
 
@@ -210,6 +219,7 @@ class Disclosures:
         per_page: int,
         with_detail: bool,
         named: Callable[[str], bool],
+        up_to_seq: int | None = None,
     ) -> Page[Disclosure]:
         """Matching events newest first; ``per_page`` 0 means all on one page, and a
         page past the last is the last page. A document is titled only if ``named``
@@ -221,13 +231,20 @@ class Disclosures:
         which document, so this is not SQL; the student's events are read once either
         way.)
         """
-        matching = [
-            recorded
-            for recorded in self._audit.events(EventFilter(student_id=str(student_id)))
-            if recorded.event.action in DISCLOSURE_ACTIONS
-            and recorded.event.outcome is Outcome.ALLOWED
-            and shown(recorded)
-        ]
+        matching: list[RecordedEvent] = []
+        last: int | None = None
+        for recorded in self._audit.events(
+            EventFilter(student_id=str(student_id), up_to_seq=up_to_seq)
+        ):
+            last = recorded.sequence
+            if (
+                recorded.event.action in DISCLOSURE_ACTIONS
+                and recorded.event.outcome is Outcome.ALLOWED
+                and shown(recorded)
+            ):
+                matching.append(recorded)
+        # Every later event is numbered higher: the last one read bounds this snapshot.
+        bound = up_to_seq if up_to_seq is not None else last
         matching.reverse()
         total = len(matching)
         size = per_page or max(1, total)
@@ -250,7 +267,7 @@ class Disclosures:
             )
             for r in chosen
         )
-        return Page(items, page, size, total)
+        return Page(items, page, size, total, bound)
 
     def _guardian_view(
         self, session: Session, actor: Actor, guardian_id: uuid.UUID, student_id: uuid.UUID

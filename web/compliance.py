@@ -31,29 +31,10 @@ guard_role(bp, Role.COMPLIANCE)
 
 FILTER_FIELDS = ("actor", "student", "document", "action", "outcome", "since", "until")
 MAX_EMAIL_LENGTH = 254  # RFC 5321; the audit log's actor_email holds no more
-MAX_SEQUENCE = 2**63 - 1  # the audit log numbers events in a signed 64-bit column
 UPTO_ERROR = (
     "This link to a page of results is damaged: its snapshot (upto) must be an event "
     "number, a whole number from 1."
 )
-
-
-def _parse_upto() -> int | None:
-    """The ``upto`` query parameter: the snapshot a search's later pages are read from.
-
-    Absent or empty is None (a fresh search); ValueError for anything but an ASCII
-    decimal from 1 to :data:`MAX_SEQUENCE`.
-    """
-    raw = request.args.get("upto", "").strip()
-    if not raw:
-        return None
-    # isascii() keeps out other scripts' digits, which int() would take; the length
-    # bound keeps int() cheap before the range check.
-    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_SEQUENCE)):
-        bound = int(raw)
-        if 1 <= bound <= MAX_SEQUENCE:
-            return bound
-    raise ValueError(f"not an event number: {raw[:40]!r}")
 
 
 def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
@@ -66,7 +47,7 @@ def _parse_filters() -> tuple[TrailQuery, dict[str, str], dict[str, str]]:
     errors: dict[str, str] = {}
     up_to_seq = None
     try:
-        up_to_seq = _parse_upto()
+        up_to_seq = pages.snapshot_bound()
     except ValueError:
         errors["upto"] = UPTO_ERROR
     if len(values["actor"]) > MAX_EMAIL_LENGTH:

@@ -13,6 +13,28 @@ from folders.models import GrantScope
 MAX_PAGE_DIGITS = 6  # page 999,999 at most: far past any real list, and cheap to parse
 
 
+MAX_SEQUENCE = 2**63 - 1  # the audit log numbers events in a signed 64-bit column
+
+
+def snapshot_bound() -> int | None:
+    """The ``upto`` query parameter: the audit snapshot the later pages of a list of
+    events are read from (``Page.up_to_seq`` of its first page).
+
+    Absent or empty is None (read the log as it is now); ValueError for anything but an
+    ASCII decimal from 1 to :data:`MAX_SEQUENCE`.
+    """
+    raw = request.args.get("upto", "").strip()
+    if not raw:
+        return None
+    # isascii() keeps out other scripts' digits, which int() would take; the length
+    # bound keeps int() cheap before the range check.
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_SEQUENCE)):
+        bound = int(raw)
+        if 1 <= bound <= MAX_SEQUENCE:
+            return bound
+    raise ValueError(f"not an event number: {raw[:40]!r}")
+
+
 def page_number() -> int:
     """The ``page`` query parameter as a positive number.
 

@@ -131,6 +131,27 @@ def test_pages_and_totals_count_only_what_the_guardian_is_shown(
     assert len({e.sequence for p in pages for e in p.items}) == 6  # no entry twice
 
 
+def test_the_pages_of_a_history_stay_put_while_staff_go_on_working(
+    runtime: Runtime, cast: Cast
+) -> None:
+    shared, _ = upload_pdf(runtime, cast, cast.child, "Report card")
+    runtime.grants.grant(cast.registrar, cast.parent.email, cast.child.id, GrantScope.FOLDER)
+    for _ in range(3):
+        runtime.documents.open(cast.registrar, shared.id, purpose=DEFAULT_PURPOSE)
+    history = runtime.disclosures.for_guardian
+    first = history(cast.parent, cast.child.id, page=1, per_page=2).entries
+    assert (first.total, first.up_to_seq) == (4, max(e.sequence for e in first.items))
+
+    runtime.documents.open(cast.registrar, shared.id, purpose=DEFAULT_PURPOSE)  # meanwhile
+    second = history(
+        cast.parent, cast.child.id, page=2, per_page=2, up_to_seq=first.up_to_seq
+    ).entries
+    assert (second.total, second.up_to_seq) == (4, first.up_to_seq)
+    assert {e.sequence for e in first.items}.isdisjoint(e.sequence for e in second.items)
+    assert len([*first.items, *second.items]) == 4
+    assert history(cast.parent, cast.child.id, per_page=2).entries.total == 5  # afresh
+
+
 def test_a_refused_history_is_audited_and_answers_as_a_missing_student(
     runtime: Runtime, cast: Cast
 ) -> None:

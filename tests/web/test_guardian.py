@@ -148,6 +148,26 @@ def test_access_history_shows_staff_actions_not_other_guardians(
     assert re.findall(r"<tr[^>]*>(.*?)</tr>", stale.get_data(as_text=True), re.S)[1:] == rows
 
 
+def test_access_history_pages_carry_their_snapshot(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child, "Progress report")
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    for _ in range(60):  # more than one page of 50
+        runtime.documents.open(cast.registrar, document.id, purpose=DEFAULT_PURPOSE)
+    client = signed_in(app, cast.parent.email)
+    url = f"/guardian/students/{cast.child.id}/history"
+    first = client.get(url).get_data(as_text=True)
+    found = re.search(r'href="([^"]*upto=\d+[^"]*)" rel="next"', first)
+    assert found is not None, first
+    runtime.documents.open(cast.registrar, document.id, purpose=DEFAULT_PURPOSE)  # meanwhile
+    second = client.get(found.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert len(_history_rows(first)) == 50 and len(_history_rows(second)) == 11
+    assert "Page 2 of 2" in second
+    # A damaged snapshot is ignored, as a damaged page number is: the newest entries.
+    assert len(_history_rows(client.get(f"{url}?upto=x").get_data(as_text=True))) == 50
+
+
 def _history_rows(html: str) -> list[str]:
     return re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S)[1:]  # without the header row
 
