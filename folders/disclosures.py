@@ -10,7 +10,7 @@ see now. Compliance sees every disclosure, guardians' included.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -317,6 +317,23 @@ class Disclosures:
                 select(Document.id, Document.title).where(Document.id.in_(parsed))
             ).tuples()
             return {str(i): title for i, title in rows}
+
+    def known_students(self, actor: Actor, student_ids: Iterable[str]) -> frozenset[str]:
+        """Those of ``student_ids`` (as audit events hold them) that name a student who
+        exists: an event may name an id that never was one (a refused probe). Raises
+        Forbidden for an actor who may not read the audit trail."""
+        self._require_audit_reader(actor)
+        wanted: set[uuid.UUID] = set()
+        for text in student_ids:
+            try:
+                wanted.add(uuid.UUID(text))
+            except ValueError:
+                continue  # not an id at all: no student
+        if not wanted:
+            return frozenset()
+        with Session(self._engine) as session:
+            found = session.scalars(select(Student.id).where(Student.id.in_(wanted)))
+            return frozenset(str(student_id) for student_id in found)
 
     def _require_audit_reader(self, actor: Actor) -> None:
         if not decide(actor, Permission.READ_AUDIT, Resource(), self._clock()).allowed:

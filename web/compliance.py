@@ -126,6 +126,10 @@ def home() -> ResponseReturnValue:
     page_args = dict(filter_args)
     if results is not None and results.up_to_seq:
         page_args["upto"] = str(results.up_to_seq)
+    known: frozenset[str] = frozenset()
+    if results is not None:
+        named = {e.event.student_id for e in results.items if e.event.student_id}
+        known = runtime().disclosures.known_students(current_actor(), named)
     page = render_template(
         "compliance/home.html",
         title="Audit trail",
@@ -136,6 +140,7 @@ def home() -> ResponseReturnValue:
         outcomes=[o.value for o in Outcome],
         filter_args=filter_args,
         page_args=page_args,
+        known_students=known,
     )
     return (page, 400) if errors else page
 

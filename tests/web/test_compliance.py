@@ -4,6 +4,7 @@ import base64
 import csv
 import io
 import re
+import uuid
 from datetime import timedelta
 from html import unescape
 
@@ -12,7 +13,7 @@ from flask import Flask
 
 from audit.events import Action, Outcome
 from folders.disclosures import DEFAULT_PURPOSE
-from folders.errors import NotFound
+from folders.errors import Forbidden, NotFound
 from folders.runtime import Runtime
 from tests.audit.test_tamper import DBA
 from tests.support.people import Cast
@@ -77,6 +78,25 @@ def test_search_by_actor_action_outcome_student_and_dates(
 
     searches = events(runtime, Action.AUDIT_QUERY)
     assert len(searches) == 5 and searches[0].event.actor_email == cast.compliance.email
+
+
+def test_only_a_student_who_exists_is_linked_from_the_trail(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    upload_pdf(runtime, cast, cast.child)  # an event naming a real student
+    probed = uuid.uuid4()
+    with pytest.raises(NotFound):  # a guardian probing an id that names no one
+        runtime.disclosures.for_guardian(cast.parent, probed)
+    client = signed_in(app, cast.compliance.email)
+    html = client.get("/compliance/").get_data(as_text=True)
+    assert f'href="/compliance/students/{cast.child.id}/disclosures"' in html
+    assert f"/compliance/students/{probed}/disclosures" not in html
+    assert f'<span title="No such student: an id that names no record">{str(probed)[:8]}' in html
+    assert runtime.disclosures.known_students(
+        cast.compliance, [str(cast.child.id), str(probed), "not-an-id"]
+    ) == {str(cast.child.id)}
+    with pytest.raises(Forbidden):
+        runtime.disclosures.known_students(cast.registrar, [str(cast.child.id)])
 
 
 def test_search_form_errors_and_pagination(app: Flask, runtime: Runtime, cast: Cast) -> None:
