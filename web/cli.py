@@ -25,7 +25,7 @@ from web.cli_audit import audit_cli
 from web.cli_fsck import fsck
 from web.cli_ingest import folder, ingest
 from web.cli_keys import keys
-from web.cli_records import demo, grant, student
+from web.cli_records import demo, document, grant, student
 from web.cli_roster import roster
 from web.cli_support import reports_errors, runtime
 
@@ -269,6 +269,7 @@ def user_disable(email: str) -> None:
 
 cli.add_command(demo)
 cli.add_command(student)
+cli.add_command(document)
 cli.add_command(grant)
 cli.add_command(keys)
 cli.add_command(ingest)

@@ -106,6 +106,34 @@ def student_find(query: str, page: int, as_email: str) -> None:
 
 
 @click.group()
+def document() -> None:
+    """List a student's documents and their versions (the ids other commands take)."""
+
+
+@document.command("list")
+@click.argument("student_id")
+@AS_OPTION
+@with_appcontext
+@reports_errors
+def document_list(student_id: str, as_email: str) -> None:
+    """List the documents of STUDENT_ID (district id): document ids for
+    `grant add --scope document:ID`, version ids for `keys shred`. Audited as a folder
+    view."""
+    rt = runtime()
+    actor = rt.accounts.acting_as(as_email)
+    found = rt.students.get_by_district_id(actor, student_id)
+    documents = rt.documents.list_folder(actor, found.id)
+    click.echo(f"{'DOCUMENT ID':<36}  {'CATEGORY':<18} TITLE")
+    for d in documents:
+        click.echo(f"{d.id!s:<36}  {d.category.value:<18} {d.title}")
+        for v in d.versions:
+            state = "destroyed" if v.shredded else f"{v.filename}, {v.uploaded_at:%Y-%m-%d}"
+            current = " (current)" if v is d.current else ""
+            click.echo(f"  version {v.number}{current}  {v.id}  {state}")
+    click.echo(f"{counted(len(documents), 'document')} in the folder of {found.full_name}")
+
+
+@click.group()
 def grant() -> None:
     """Share documents with guardians, list and revoke grants."""
 

@@ -397,6 +397,41 @@ def test_console_script_unknown_setting_exits_2_naming_it(tmp_path: Path) -> Non
     assert "SATCHEL_BOGUS: unknown setting" in result.stderr
 
 
+def test_document_list_gives_the_ids_that_grants_and_shredding_take(satchel: Satchel) -> None:
+    assert satchel("init").exit_code == 0 and satchel("demo").exit_code == 0
+    registrar = ("--as", "registrar@demo.satchel.test")
+    listed = satchel("document", "list", "d-1001", *registrar)
+    assert listed.exit_code == 0, listed.output
+    header, *rows, summary = listed.output.splitlines()
+    assert header.split() == ["DOCUMENT", "ID", "CATEGORY", "TITLE"]
+    assert summary == "3 documents in the folder of Lucia Lopez"
+    iep = next(r for r in rows if " iep " in r)
+    document_id = iep.split()[0]
+    version = rows[rows.index(iep) + 1]
+    assert version.startswith("  version 1 (current)  ") and ", 20" in version
+    version_id = version.split()[3]
+
+    # The ids work where other commands take them.
+    shared = satchel(
+        "grant", "add", "maria.lopez@demo.satchel.test", "D-1001",
+        "--scope", f"document:{document_id}", *registrar,
+    )  # fmt: skip
+    assert shared.exit_code == 0, shared.output
+    shredded = satchel(
+        "keys", "shred", version_id, "--reason", "Retention period ended", input="y\n"
+    )
+    assert shredded.exit_code == 0, shredded.output
+    again = satchel("document", "list", "D-1001", *registrar).output
+    assert f"  version 1 (current)  {version_id}  destroyed" in again
+
+    unknown = satchel("document", "list", "D-9999", *registrar)
+    assert unknown.exit_code == 1 and "No student with the district id D-9999." in unknown.output
+    exported = satchel(
+        "audit", "export", "--format", "csv", "--actor", "registrar@demo.satchel.test"
+    ).output
+    assert exported.count(",folder.view,") == 2  # each listing is audited as a folder view
+
+
 def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     assert satchel("init").exit_code == 0
     demo = satchel("demo")
