@@ -23,28 +23,22 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PING_IDLE_AFTER_S = 1.0
 
 
-def make_engine(
-    url: str, *, create: bool = True, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any
-) -> Engine:
+def make_engine(url: str, *, ping_idle_after: float = PING_IDLE_AFTER_S, **kwargs: Any) -> Engine:
     """Create an engine. SQLite gets foreign keys, WAL, a busy timeout, a Unicode-aware
     ``lower()``, and transactions that take the write lock at their first write or
     locking read (see :func:`_configure_sqlite`), on every connection.
 
-    With ``create`` (the default), a missing SQLite file is created at once by
-    :func:`create_database_file`; an existing file keeps its mode. Without it, the file
-    is only ever opened: each connection asks SQLite for an existing file (URI
-    ``mode=rw``), so a missing one fails to connect (OperationalError "unable to open
-    database file") and is not created empty. A server database's pooled connections
-    are checked before reuse once idle for ``ping_idle_after`` seconds. Other keyword
-    arguments go to ``create_engine``.
+    An SQLite file is only ever opened, never created: each connection asks SQLite for
+    an existing file (URI ``mode=rw``), so a missing one fails to connect
+    (OperationalError "unable to open database file"). :func:`create_database_file`
+    makes one (``satchel init``). A server database's pooled connections are checked
+    before reuse once idle for ``ping_idle_after`` seconds. Other keyword arguments go
+    to ``create_engine``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        path = sqlite_file(url)
-        if path is not None and create:
-            create_database_file(url)
         engine = create_engine(url, **kwargs)
-        if path is not None and not create:
+        if sqlite_file(url) is not None:
             _open_existing_file_only(engine)
         _configure_sqlite(engine)
         return engine

@@ -78,7 +78,7 @@ class Runtime:
         file does not exist (later connections fail if it is removed: never recreated)."""
         url = self.settings.effective_database_url
         self._require_installed("the database", sqlite_file(url))
-        return make_engine(url, create=False)
+        return make_engine(url)
 
     @cached_property
     def store(self) -> ObjectStore:

@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from audit.models import AuditBase
 from folders.actor import Actor
-from folders.db import current_revision, head_revision, make_engine, reading_session, upgrade
+from folders.db import (
+    create_database_file,
+    current_revision,
+    head_revision,
+    make_engine,
+    reading_session,
+    upgrade,
+)
 from folders.models import (
     AttemptOutcome,
     Base,
@@ -71,6 +78,7 @@ def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> None:
     path = tmp_path / "new" / "satchel.db"
     old_umask = os.umask(0o022)  # the usual umask, which would give 0644 files
     try:
+        create_database_file(f"sqlite:///{path}")
         engine = make_engine(f"sqlite:///{path}")
         upgrade(engine)
         with engine.connect() as connection:
@@ -161,6 +169,7 @@ def test_student_and_account_search_fold_accented_capitals(runtime: Runtime, cas
 
 
 def test_sqlite_lower_keeps_null_and_reads_other_types_as_text(tmp_path: Path) -> None:
+    create_database_file(f"sqlite:///{tmp_path / 'lower.db'}")
     engine = make_engine(f"sqlite:///{tmp_path / 'lower.db'}")
     try:
         with engine.connect() as connection:

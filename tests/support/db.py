@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, event
 
-from folders.db import make_engine, upgrade
+from folders.db import create_database_file, make_engine, upgrade
 from tests.support.postgres import libpq_url, resolve_url
 from tests.support.required import missing_service
 
@@ -28,6 +28,7 @@ from tests.support.required import missing_service
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    create_database_file(f"sqlite:///{path}")
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
     engine.dispose()
