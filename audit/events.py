@@ -70,6 +70,7 @@ class Action(StrEnum):
     USER_CREATE = "user.create"
     USER_UPDATE = "user.update"
     USER_DISABLE = "user.disable"
+    USER_ENABLE = "user.enable"
     ROSTER_IMPORT = "roster.import"
     AUDIT_QUERY = "audit.query"
     AUDIT_EXPORT = "audit.export"

@@ -1,4 +1,4 @@
-"""User accounts: creation, passwords (Argon2id), authentication, disabling."""
+"""User accounts: creation, passwords (Argon2id), authentication, disabling and enabling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor, RequestContext
 from folders.auditing import event_for
 from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
-from folders.models import Role, User
+from folders.models import PasswordToken, Role, User
 from folders.students import escape_like
 
 MIN_PASSWORD_LENGTH = 12
@@ -38,6 +38,8 @@ class UserInfo:
     has_password: bool
     created_at: datetime
     last_login_at: datetime | None
+    # A browser session counts only while it carries this (see User.session_epoch).
+    session_epoch: int
 
 
 def normalize_email(email: str) -> str:
@@ -108,12 +110,14 @@ class Accounts:
         return _info(user)
 
     def set_password(self, actor: Actor, email: str, password: str) -> UserInfo:
-        """Replace a user's password; NotFound for an unknown email."""
+        """Replace a user's password and sign out their sessions; NotFound for an
+        unknown email."""
         self._require_admin(actor)
         check_password_strength(password)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
             user.password_hash = self._hasher.hash(password)
+            user.session_epoch += 1
             self._audit.append(
                 session, event_for(actor, Action.USER_UPDATE, detail=f"{user.email}: password set")
             )
@@ -134,6 +138,25 @@ class Accounts:
                 return _info(user)
             user.active = False
             self._audit.append(session, event_for(actor, Action.USER_DISABLE, detail=user.email))
+        return _info(user)
+
+    def enable(self, actor: Actor, email: str) -> UserInfo:
+        """Let a disabled account log in again, with the password it had; NotFound for
+        an unknown email. Sessions and unused password links from before stay dead.
+        An active account stays as it is, and nothing is recorded."""
+        self._require_admin(actor)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            user = self._get(session, email)
+            if user.active:
+                return _info(user)
+            user.active = True
+            user.session_epoch += 1
+            session.execute(
+                update(PasswordToken)
+                .where(PasswordToken.user_id == user.id, PasswordToken.used_at.is_(None))
+                .values(used_at=self._clock())
+            )
+            self._audit.append(session, event_for(actor, Action.USER_ENABLE, detail=user.email))
         return _info(user)
 
     def find_users(
@@ -242,4 +265,5 @@ def _info(user: User) -> UserInfo:
         has_password=user.password_hash is not None,
         created_at=user.created_at,
         last_login_at=user.last_login_at,
+        session_epoch=user.session_epoch,
     )

@@ -123,6 +123,9 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(_vocabulary(Role, "user_role"))
     active: Mapped[bool] = mapped_column(default=True)
+    # Raised when the account is enabled again and whenever its password is set; a
+    # browser session counts only while it carries the epoch of its login (0008).
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     source_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

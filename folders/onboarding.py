@@ -87,6 +87,15 @@ class Onboarding:
         target = self._accounts.get(user_id)
         return self._accounts.disable(actor, target.email)
 
+    def enable_account(self, actor: Actor, user_id: uuid.UUID) -> UserInfo:
+        """Enable a disabled account again (see :meth:`Accounts.enable`).
+
+        Raises Forbidden, NotFound, AuditUnavailable.
+        """
+        _require_admin(actor)
+        target = self._accounts.get(user_id)
+        return self._accounts.enable(actor, target.email)
+
     def issue(self, actor: Actor, user_id: uuid.UUID) -> IssuedLink:
         """A fresh link for an active account (admins); older unused links stop working.
 
@@ -154,6 +163,7 @@ class Onboarding:
             assert user is not None
             # The token claim, the new password and the event commit together.
             user.password_hash = password_hash
+            user.session_epoch += 1
             actor = Actor(user.id, user.role, user.email, context)
             self._audit.append(
                 session,

@@ -1,7 +1,7 @@
 """The admin's pages. Every route needs a signed-in admin (deny by default).
 
 Create registrar, compliance and guardian accounts (without a password), disable
-accounts, and, in the embedded mode only, issue one-time password-set links. Elsewhere
+and enable accounts, and, in the embedded mode only, issue one-time password-set links. Elsewhere
 an operator makes links on the server with ``satchel user link EMAIL``.
 """
 
@@ -88,7 +88,7 @@ def create_user() -> ResponseReturnValue:
 
 @bp.post("/users/<uuid:user_id>/disable")
 def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
-    """Ask first, then disable: a disabled account cannot be enabled again, so the
+    """Ask first, then disable: disabling signs the account out everywhere, so the
     list's button leads to a confirmation page, whose button sends ``confirm=yes``.
     Either way the admin goes back to the same search and page of the list."""
     place = _list_place()
@@ -111,6 +111,28 @@ def disable_user(user_id: uuid.UUID) -> ResponseReturnValue:
         flash(e.public_message, "error")
         return redirect(back)
     flash(f"The account {user.email} is disabled; it can no longer log in.")
+    return redirect(back)
+
+
+@bp.post("/users/<uuid:user_id>/enable")
+def enable_user(user_id: uuid.UUID) -> ResponseReturnValue:
+    """Enable a disabled account at once (it undoes nothing but the disabling), and go
+    back to the same search and page of the list."""
+    place = _list_place()
+    back = url_for("admin.home", q=place.get("q"), page=place.get("page"))
+    account = runtime().accounts.get(user_id)  # NotFound: a 404
+    if account.active:
+        flash(f"The account {account.email} is active already; nothing was changed.")
+        return redirect(back)
+    user = runtime().onboarding.enable_account(current_actor(), user_id)
+    if not user.has_password:
+        next_step = "It has no password yet: it needs a password link to log in."
+    else:
+        next_step = (
+            "It logs in with the password it had. If someone else may know that "
+            "password, give its owner a new password link."
+        )
+    flash(f"The account {user.email} is enabled again. {next_step}")
     return redirect(back)
 
 

@@ -67,7 +67,14 @@ def current_user() -> UserInfo | None:
                 user = runtime().accounts.get(uuid.UUID(raw))
             except (NotFound, ValueError):
                 user = None
-            if user is not None and user.active and user.role.value == session.get("role"):
+            # SECURITY: a session from before the account was enabled again or given a
+            # new password carries an older epoch and counts no more.
+            if (
+                user is not None
+                and user.active
+                and user.role.value == session.get("role")
+                and session.get("epoch", 0) == user.session_epoch
+            ):
                 g.user = user
             else:
                 session.clear()
@@ -195,6 +202,7 @@ def _start_session(user: UserInfo) -> None:
     session.clear()
     session["uid"] = str(user.id)
     session["role"] = user.role.value
+    session["epoch"] = user.session_epoch
     session["seen"] = datetime.now(UTC).timestamp()
 
 

@@ -267,6 +267,16 @@ def user_disable(email: str) -> None:
     click.echo(f"disabled {info.email}")
 
 
+@user.command("enable")
+@click.argument("email")
+@with_appcontext
+@reports_errors
+def user_enable(email: str) -> None:
+    """Let the disabled account EMAIL log in again, with the password it had."""
+    info = runtime().accounts.enable(Actor.operator(), email)
+    click.echo(f"enabled {info.email}")
+
+
 cli.add_command(demo)
 cli.add_command(student)
 cli.add_command(document)

@@ -96,8 +96,9 @@ MATRIX: dict[str, Row] = {
     "admin.create_user POST":           Row(302,      403,      403,   403,   403,       302),
     "admin.password_link POST":         Row(302,      403,      403,   403,   403,       ANY),
     "admin.disable_user POST":          Row(302,      403,      403,   403,   403,       CHG),
+    "admin.enable_user POST":           Row(302,      403,      403,   403,   403,       CHG),
     # A link is a capability, whoever holds it; but the admin has just disabled both
-    # guardians, and the links of a disabled account stop working.
+    # guardians and enabled them again, and the links made before that stop working.
     "auth.set_password POST":           Row(CHG,      CHG,      CHG,   CHG,   CHG,       404),
     "auth.logout POST":                 Row(302,      302,      302,   302,   302,       302),
 }
@@ -229,6 +230,7 @@ def _form(endpoint: str, resource_name: str, resource: Resource, world: World) -
         },
         "admin.password_link": dict,
         "admin.disable_user": lambda: {"confirm": "yes"},  # past the confirmation page
+        "admin.enable_user": dict,
     }
     return forms[endpoint]()
 

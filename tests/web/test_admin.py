@@ -80,7 +80,7 @@ def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     asked = post(client, url, {"q": "home.example", "page": "2"})
     assert asked.status_code == 200
     assert f"<h1>Disable the account {cast.parent.email}?</h1>" in asked.text
-    assert "cannot be enabled again" in asked.text
+    assert "lets it log in again with the password it had" in asked.text
     assert 'name="confirm" value="yes"' in asked.text and 'name="page" value="2"' in asked.text
     assert parent.get("/guardian/").status_code == 200
     assert events(runtime, Action.USER_DISABLE) == []
@@ -113,6 +113,43 @@ def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     )
     assert refusal is not None and "cannot disable your own" in refusal.group(1)
     assert client.get("/admin/").status_code == 200
+
+
+def test_enable_a_disabled_account(app: Flask, runtime: Runtime, cast: Cast, clock: Clock) -> None:
+    onboarding = Onboarding(runtime.engine, runtime.accounts, runtime.audit_log, clock)
+    token = onboarding.issue(cast.admin, cast.parent.user_id).token
+    earlier = signed_in(app, cast.parent.email)  # not used again until the account is enabled
+    client = signed_in(app, cast.admin.email)
+    post(client, f"/admin/users/{cast.parent.user_id}/disable", {"confirm": "yes"})
+    listed = client.get("/admin/", query_string={"q": cast.parent.email}).text
+    assert f'Enable<span class="visually-hidden"> {cast.parent.email}</span>' in listed
+
+    url = f"/admin/users/{cast.parent.user_id}/enable"
+    done = post(client, url, {"q": "home.example", "page": "2"})
+    assert done.status_code == 302
+    assert done.headers["Location"].endswith("/admin/?q=home.example&page=2")
+    assert "is enabled again. It logs in with the password it had" in client.get("/admin/").text
+    assert [e.event.detail for e in events(runtime, Action.USER_ENABLE)] == [cast.parent.email]
+    # The password it had works again; the session and the link from before do not.
+    assert signed_in(app, cast.parent.email).get("/guardian/").status_code == 200
+    assert earlier.get("/guardian/").status_code == 302
+    assert app.test_client().get(f"/set-password/{token}").status_code == 404
+
+    again = post(client, url)
+    assert again.status_code == 302 and len(events(runtime, Action.USER_ENABLE)) == 1
+    assert "is active already; nothing was changed" in client.get("/admin/").text
+    unknown = post(client, "/admin/users/00000000-0000-4000-8000-000000000000/enable")
+    assert unknown.status_code == 404
+
+
+def test_a_new_password_signs_the_accounts_other_sessions_out(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    earlier = signed_in(app, cast.parent.email)
+    assert earlier.get("/guardian/").status_code == 200
+    runtime.accounts.set_password(Actor.operator(), cast.parent.email, NEW_PASSWORD)
+    assert earlier.get("/guardian/").status_code == 302
+    assert signed_in(app, cast.parent.email, NEW_PASSWORD).get("/guardian/").status_code == 200
 
 
 def _token_rows(runtime: Runtime) -> int:

@@ -265,6 +265,12 @@ def test_user_commands(satchel: Satchel) -> None:
     assert listing[2].split()[:3] == ["reg@school.example", "registrar", "active"]
     missing = satchel("user", "disable", "nobody@home.example")
     assert missing.exit_code == 1 and "No account" in missing.output
+    enabled = satchel("user", "enable", "g@home.example")
+    assert (enabled.exit_code, enabled.output) == (0, "enabled g@home.example\n")
+    listing = satchel("user", "list").output.splitlines()
+    assert listing[1].split()[:3] == ["g@home.example", "guardian", "active"]
+    missing = satchel("user", "enable", "nobody@home.example")
+    assert missing.exit_code == 1 and "No account" in missing.output
 
 
 def test_bad_role_is_a_usage_error(satchel: Satchel) -> None:
@@ -304,6 +310,7 @@ def test_an_unreachable_database_is_named_once(tmp_path: Path, command: list[str
         ["user", "passwd"],
         ["user", "list"],
         ["user", "disable"],
+        ["user", "enable"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
