@@ -248,17 +248,20 @@ class Students:
             )
             return _guardian_info(link, guardian)
 
-    def unlink_guardian(self, actor: Actor, student_id: uuid.UUID, guardian_email: str) -> None:
+    def unlink_guardian(self, actor: Actor, student_id: uuid.UUID, guardian_email: str) -> bool:
         """End a guardian's link (history is kept) and, in the same transaction, revoke
         their grants on the student still in force, each with a ``grant.revoke`` event
         giving the reason "guardianship ended": linking them again gives back nothing.
 
+        Returns False, changing and recording nothing, when the link has ended already.
         Raises Forbidden, NotFound, and what :func:`folders.grants.revoke_grant` raises
         (nothing is changed then).
         """
         self._require(actor, Permission.MANAGE_FOLDER)
         with Session(self._engine) as session, session.begin():
             link, guardian = self._link(session, student_id, guardian_email)
+            if link.ended_at is not None:
+                return False
             link.ended_at = self._clock()
             self._audit.append(
                 session,
@@ -267,6 +270,7 @@ class Students:
                 ),
             )
             self._revoke_grants(session, actor, guardian.id, student_id)
+        return True
 
     def restrict_guardian(
         self,

@@ -402,6 +402,47 @@ def restrict_guardian(student_id: uuid.UUID, guardian_id: uuid.UUID) -> Response
     return redirect(url_for("registrar.guardians", student_id=student_id))
 
 
+@bp.post("/students/<uuid:student_id>/guardians/<uuid:guardian_id>/unlink")
+def unlink_guardian(student_id: uuid.UUID, guardian_id: uuid.UUID) -> ResponseReturnValue:
+    """End a guardian's link to the student: ask first, with the grants it revokes, then
+    end it when the confirmation page sends ``confirm=yes``. A link ended already is
+    reported as such, and nothing is changed."""
+    actor = current_actor()
+    rt = runtime()
+    student = rt.students.get_student(actor, student_id)  # 404 for an unknown student
+    linked = {g.guardian_id: g for g in rt.students.list_guardians(actor, student_id)}
+    if guardian_id not in linked:
+        abort(404)
+    guardian = linked[guardian_id]
+    back = url_for("registrar.guardians", student_id=student_id)
+    ended_already = (
+        f"{guardian.email}'s link to this student has ended already; nothing was changed."
+    )
+    if guardian.ended_at is not None:
+        flash(ended_already)
+        return redirect(back)
+    if request.form.get("confirm") != "yes":
+        in_force = [
+            g for g in rt.grants.list_for_student(actor, student_id) if g.guardian_id == guardian_id
+        ]
+        return render_template(
+            "registrar/unlink.html",
+            title=f"End {guardian.email}'s link to {student.full_name}?",
+            student=student,
+            guardian=guardian,
+            grants=in_force,
+            back=back,
+        )
+    if not rt.students.unlink_guardian(actor, student_id, guardian.email):
+        flash(ended_already)
+        return redirect(back)
+    flash(
+        f"{guardian.email} is no longer linked to {student.full_name} and sees nothing of "
+        "their records; the grants they held are revoked."
+    )
+    return redirect(back)
+
+
 # Sharing -----------------------------------------------------------------------------------
 
 

@@ -92,6 +92,7 @@ MATRIX: dict[str, Row] = {
     "registrar.grant POST":             Row(302,      CHG,      403,   403,   403,       403),
     "registrar.revoke POST":            Row(302,      CHG,      403,   403,   403,       403),
     "registrar.restrict_guardian POST": Row(302,      CHG,      403,   403,   403,       403),
+    "registrar.unlink_guardian POST":   Row(302,      CHG,      403,   403,   403,       403),
     "compliance.verify POST":           Row(302,      403,      403,   403,   200,       403),
     "admin.create_user POST":           Row(302,      403,      403,   403,   403,       302),
     "admin.password_link POST":         Row(302,      403,      403,   403,   403,       ANY),
@@ -223,6 +224,7 @@ def _form(endpoint: str, resource_name: str, resource: Resource, world: World) -
         },
         "registrar.revoke": lambda: {"reason": "authorization matrix"},
         "registrar.restrict_guardian": lambda: {"reason": "authorization matrix"},
+        "registrar.unlink_guardian": lambda: {"confirm": "yes"},  # past the confirmation page
         "compliance.verify": dict,
         "admin.create_user": lambda: {
             "email": f"made-{resource_name}@school.example",
@@ -320,6 +322,7 @@ MIXED = {
     "registrar.open_version": ("document_id", "version_id"),
     "registrar.revoke": ("student_id", "grant_id"),
     "registrar.restrict_guardian": ("student_id", "guardian_id"),
+    "registrar.unlink_guardian": ("student_id", "guardian_id"),
 }
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import math
 import os
@@ -400,6 +401,54 @@ def test_link_and_restrict_guardians(app: Flask, runtime: Runtime, cast: Cast) -
     again = post(client, url, {"email": cast.other_parent.email, "relationship": "guardian"})
     assert again.status_code == 302
     assert "stays restricted" in client.get(url).get_data(as_text=True)
+
+
+def test_end_a_guardians_link_after_confirming(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    document, _ = upload_pdf(runtime, cast, cast.child)
+    share_folder(runtime, cast, cast.child, cast.parent.email)
+    parent = signed_in(app, cast.parent.email)
+    assert parent.get(f"/guardian/documents/{document.id}/view").status_code == 200
+    client = signed_in(app, cast.registrar.email)
+    guardians = f"/registrar/students/{cast.child.id}/guardians"
+    assert cast.parent.user_id is not None
+    name = runtime.accounts.get(cast.parent.user_id).display_name
+    button = f'End link<span class="visually-hidden"> of {name}'
+    assert button in client.get(guardians).text
+    url = f"{guardians}/{cast.parent.user_id}/unlink"
+
+    # The button asks first, naming the grants that go with the link; nothing changes yet.
+    asked = post(client, url)
+    assert asked.status_code == 200
+    assert f"End {cast.parent.email}'s link to {cast.child.full_name}?" in html.unescape(asked.text)
+    assert "<li>the whole folder, shared by registrar@" in asked.text
+    assert 'name="confirm" value="yes"' in asked.text
+    assert events(runtime, Action.GUARDIAN_UNLINK) == []
+
+    done = post(client, url, {"confirm": "yes"})
+    assert (done.status_code, done.headers["Location"]) == (302, guardians)
+    page = client.get(guardians).text
+    assert f"{cast.parent.email} is no longer linked to {cast.child.full_name}" in page
+    assert "Link ended" in page and button not in page
+    [unlinked] = events(runtime, Action.GUARDIAN_UNLINK)
+    assert (unlinked.event.detail, unlinked.event.actor_email) == (
+        cast.parent.email,
+        cast.registrar.email,
+    )
+    assert [
+        g.status
+        for g in runtime.grants.list_for_student(
+            cast.registrar, cast.child.id, include_inactive=True
+        )
+    ] == [GrantStatus.REVOKED]
+    assert parent.get(f"/guardian/documents/{document.id}/view").status_code == 404
+
+    again = post(client, url, {"confirm": "yes"})
+    assert again.status_code == 302 and len(events(runtime, Action.GUARDIAN_UNLINK)) == 1
+    assert "has ended already; nothing was changed" in client.get(guardians).text
+    # Only this student's guardians: another family's guardian, or nobody, is not found.
+    other = post(client, f"{guardians}/{cast.other_parent.user_id}/unlink", {"confirm": "yes"})
+    assert other.status_code == 404
+    assert post(client, f"{guardians}/{uuid.uuid4()}/unlink").status_code == 404
 
 
 def test_grant_document_category_and_folder_then_revoke_with_reason(
