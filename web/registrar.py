@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
+import secrets
 import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 
@@ -187,6 +199,7 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
             "registrar/upload.html",
             title=f"Upload to the folder of {student.full_name}",
             student=student,
+            upload_ids={form: secrets.token_hex(16) for form in ("single", "multi")},
             categories=CATEGORY_CHOICES,
             values=values,
             errors=errors,
@@ -216,6 +229,14 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
         )
     if errors:
         return render(errors, [], 400)
+    upload_id = request.form.get("upload_id", "")
+    if upload_id in session.get(_UPLOADS_DONE, []):
+        errors[f"{prefix}-files"] = (
+            "These files were sent already (the page was reloaded, or sent again from the "
+            "browser's history), so nothing was stored again. The folder lists what was "
+            "stored; choose the files again to upload them once more."
+        )
+        return render(errors, [], 409)
 
     # A title given with one file is used; otherwise each title comes from its file name.
     given_title = values["title"].strip() if len(files) == 1 else ""
@@ -237,6 +258,12 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
             log.error("upload stopped at file %d of %d: %s", len(outcomes) + 1, len(files), e)
             message = getattr(failure, "public_message", _NOT_TRIED)
             outcomes.append(UploadOutcome(name, reason=message, status=stopped))
+    if any(o.document for o in outcomes) and _UPLOAD_ID.fullmatch(upload_id):
+        # A reload re-sends the same form: remembered here, it stores nothing twice.
+        session[_UPLOADS_DONE] = [
+            *session.get(_UPLOADS_DONE, [])[-(_UPLOADS_KEPT - 1) :],
+            upload_id,
+        ]
     if stopped is not None:
         return render({}, outcomes, stopped)
     # Some files stored is a success; nothing stored means the upload was refused
@@ -246,6 +273,13 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
         values["title"] = ""  # stored: the next file gets a title of its own
     return render({}, outcomes, 200 if stored else max(o.status for o in outcomes))
 
+
+# Each upload form carries a fresh id; the ids of the last uploads that stored anything
+# are kept in the session, so that reloading the results page (which sends the form
+# again) or sending it again from the browser's history stores nothing twice.
+_UPLOADS_DONE = "uploads_done"
+_UPLOADS_KEPT = 20
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 # Failures of the installation rather than of a file: they stop a multi-file upload.
 _DATABASE_CAUSES = DatabaseUnavailable.CAUSES

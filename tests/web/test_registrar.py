@@ -92,6 +92,49 @@ def test_multi_file_upload_stores_good_files_and_reports_each_refusal(
     assert all(d.category is Category.REPORT_CARD and d.school_year == "2025-2026" for d in folder)
 
 
+def test_sending_an_upload_form_again_stores_nothing_twice(
+    app: Flask, runtime: Runtime, cast: Cast
+) -> None:
+    client = signed_in(app, cast.registrar.email)
+    url = f"/registrar/students/{cast.child.id}/upload"
+    form_id = re.compile(r'name="upload_id" value="([0-9a-f]{32})"')
+    first_id, other_id = form_id.findall(client.get(url).text)  # one per form
+
+    def send(upload_id: str, *names: str) -> TestResponse:
+        files = [(io.BytesIO(samples.make_pdf(pages=1, text=n)), f"{n}.pdf") for n in names]
+        form = {"form": "multi", "category": "report_card", "upload_id": upload_id}
+        return post(client, url, {**form, "files": files}, content_type="multipart/form-data")
+
+    stored = send(first_id, "fall", "spring")
+    assert stored.status_code == 200 and "2 files were stored" in stored.text
+    # Reloading the results page sends the same form, with the same id, again.
+    again = send(first_id, "fall", "spring")
+    assert again.status_code == 409
+    assert "These files were sent already" in again.text
+    assert len(runtime.documents.list_folder(cast.registrar, cast.child.id)) == 2
+    # The results page's forms are new ones; so is the other form of the first page.
+    [next_id, _] = form_id.findall(stored.text)
+    assert next_id not in (first_id, other_id)
+    assert send(next_id, "winter").status_code == 200
+    assert send(other_id, "summer").status_code == 200
+    titles = sorted(d.title for d in runtime.documents.list_folder(cast.registrar, cast.child.id))
+    assert titles == ["fall", "spring", "summer", "winter"]
+    # A form that stored nothing may be sent again: there is nothing to store twice.
+    refused = post(
+        client,
+        url,
+        {
+            "form": "single",
+            "category": "report_card",
+            "upload_id": next_id[::-1],
+            "files": (io.BytesIO(samples.html_document()), "sneaky.pdf"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422
+    assert send(next_id[::-1], "autumn").status_code == 200
+
+
 @pytest.mark.parametrize("failing", ["object store", "audit log"])
 def test_multi_file_upload_stopped_by_a_failure_says_which_files_are_stored(
     app: Flask, runtime: Runtime, cast: Cast, monkeypatch: pytest.MonkeyPatch, failing: str
