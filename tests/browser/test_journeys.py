@@ -78,6 +78,11 @@ def test_registrar_uploads_two_files_one_refused_and_shares_the_folder(
     assert [d.title for d in runtime.documents.list_folder(cast.registrar, cast.child.id)] == [
         "fall report card"
     ]
+    # Reloading the results page makes the browser send the same form, files and all.
+    again = page.reload()
+    assert again is not None and again.request.method == "POST" and again.status == 409
+    assert "These files were sent already" in page.get_by_role("alert").inner_text()
+    assert len(runtime.documents.list_folder(cast.registrar, cast.child.id)) == 1
 
     page.get_by_role("link", name="Sharing").click()
     page.get_by_label("Guardian").select_option(cast.parent.email)
