@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor, RequestContext
-from folders.auditing import event_for
-from folders.errors import AuthenticationFailed, Conflict, Forbidden, InvalidInput, NotFound
+from folders.auditing import event_for, require
+from folders.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from folders.models import PasswordToken, Role, User
+from folders.policy import Permission
 from folders.students import escape_like
 
 MIN_PASSWORD_LENGTH = 12
@@ -85,7 +86,7 @@ class Accounts:
     ) -> UserInfo:
         """Create an account (audited); Conflict if the email is taken, InvalidInput on bad
         values, AuditUnavailable (then no account exists)."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         address = normalize_email(email)
         if password is not None:
             check_password_strength(password)
@@ -112,7 +113,7 @@ class Accounts:
     def set_password(self, actor: Actor, email: str, password: str) -> UserInfo:
         """Replace a user's password and sign out their sessions; NotFound for an
         unknown email."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         check_password_strength(password)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
@@ -131,7 +132,7 @@ class Accounts:
     def disable(self, actor: Actor, email: str) -> UserInfo:
         """Disable an account so it can no longer log in; NotFound for an unknown email.
         An account disabled already stays as it is, and nothing is recorded."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
             if not user.active:
@@ -144,7 +145,7 @@ class Accounts:
         """Let a disabled account log in again, with the password it had; NotFound for
         an unknown email. Sessions and unused password links from before stay dead.
         An active account stays as it is, and nothing is recorded."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             user = self._get(session, email)
             if user.active:
@@ -165,7 +166,7 @@ class Accounts:
         """Accounts whose email or name contains every word of ``query`` (every account
         when it is empty), by role then email, one page at a time; a page past the last
         is the last page. Admins only (Forbidden)."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         page, per_page = max(1, page), min(max(1, per_page), 200)
         where = [
             or_(
@@ -187,7 +188,7 @@ class Accounts:
             return Page(tuple(_info(u) for u in users), page, per_page, total)
 
     def list_users(self, actor: Actor, role: Role | None = None) -> list[UserInfo]:
-        self._require_admin(actor)
+        self.require_admin(actor)
         with Session(self._engine) as session:
             query = select(User).order_by(User.role, User.email)
             if role is not None:
@@ -217,7 +218,7 @@ class Accounts:
 
     def get_by_email(self, actor: Actor, email: str) -> UserInfo:
         """The account with this email (admins); NotFound if none."""
-        self._require_admin(actor)
+        self.require_admin(actor)
         with Session(self._engine) as session:
             return _info(self._get(session, email))
 
@@ -249,10 +250,16 @@ class Accounts:
             raise NotFound(f"No account with the email {email.strip().lower()}.")
         return user
 
-    @staticmethod
-    def _require_admin(actor: Actor) -> None:
-        if not (actor.is_operator or actor.role is Role.ADMIN):
-            raise Forbidden("Only administrators manage accounts.")
+    def require_admin(self, actor: Actor) -> None:
+        """Return if ``actor`` may manage accounts (an admin, the operator); otherwise
+        record the refusal and raise Forbidden (AuditUnavailable if it cannot be)."""
+        require(
+            self._audit,
+            actor,
+            Permission.MANAGE_USERS,
+            self._clock(),
+            "Only administrators manage accounts.",
+        )
 
 
 def _info(user: User) -> UserInfo:

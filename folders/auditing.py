@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import NoReturn
 
 from audit.events import Action, Event, Outcome
+from audit.log import AuditLog
 from folders.actor import Actor
+from folders.errors import Forbidden
+from folders.models import Role
+from folders.policy import Permission, Resource, decide
 
 
 def _id(value: uuid.UUID | None) -> str | None:
@@ -61,3 +67,30 @@ def denied(
         version_id=version_id,
         detail=detail,
     )
+
+
+def refuse(audit: AuditLog, actor: Actor, detail: str, message: str = "") -> NoReturn:
+    """Record the refusal ``detail`` (what was asked, and why not) as ``access.denied``,
+    then raise Forbidden(``message``). Raises AuditUnavailable if it cannot be recorded,
+    so a refusal is never silent."""
+    audit.record(denied(actor, detail))
+    raise Forbidden(message)
+
+
+def require(
+    audit: AuditLog, actor: Actor, permission: Permission, now: datetime, message: str = ""
+) -> None:
+    """Return when the policy lets ``actor`` have ``permission`` on no particular record
+    (the role gate of staff use cases); otherwise :func:`refuse`, raising Forbidden or
+    AuditUnavailable."""
+    decision = decide(actor, permission, Resource(), now)
+    if not decision.allowed:
+        refuse(audit, actor, f"{permission.value}: {decision.reason.value}", message)
+
+
+def require_guardian(audit: AuditLog, actor: Actor, what: str) -> uuid.UUID:
+    """The account id of ``actor``, a guardian. For anyone else the refusal of ``what``
+    is recorded and Forbidden raised (AuditUnavailable if it cannot be recorded)."""
+    if actor.role is not Role.GUARDIAN or actor.user_id is None:
+        refuse(audit, actor, f"{what}: guardians only")
+    return actor.user_id

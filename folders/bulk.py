@@ -53,11 +53,12 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from audit.errors import AuditError
 from audit.log import AuditLog
 from folders.actor import Actor
+from folders.auditing import require
 from folders.categories import Category
 from folders.documents import Documents, check_school_year, parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, KeyRetiredDuringUpload, NotFound
 from folders.models import Document, DocumentVersion, IngestIntent
-from folders.policy import Permission, Resource, decide
+from folders.policy import Permission
 from folders.students import StudentInfo, Students
 from folders.text import clean_text
 from storage.envelope import ObjectIdentity
@@ -648,11 +649,10 @@ class BulkIngest:
 
     def _require_registrar(self, actor: Actor) -> None:
         """Raise Forbidden unless ``actor`` is an account that may upload documents."""
-        if (
-            actor.user_id is None
-            or not decide(actor, Permission.MANAGE_FOLDER, Resource(), self._clock()).allowed
-        ):
-            raise Forbidden("Bulk ingest is done as a registrar account (use --as EMAIL).")
+        message = "Bulk ingest is done as a registrar account (use --as EMAIL)."
+        if actor.user_id is None:
+            raise Forbidden(message)
+        require(self._audit, actor, Permission.MANAGE_FOLDER, self._clock(), message)
 
     def _settle(self, object_key: str) -> bool:
         """Delete the object unless a version references it, then its intent; return

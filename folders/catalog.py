@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import event_for, require
 from folders.documents import DocumentInfo, document_info
-from folders.errors import Forbidden, NotFound
+from folders.errors import NotFound
 from folders.models import Document, DocumentVersion
-from folders.policy import Permission, Resource, decide
+from folders.policy import Permission
 
 
 class Catalog:
@@ -32,8 +32,7 @@ class Catalog:
 
         Raises Forbidden (not staff who may list folders), NotFound, AuditUnavailable.
         """
-        if not decide(actor, Permission.LIST_FOLDER, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.LIST_FOLDER, self._clock())
         with Session(self._engine) as session:
             document = session.get(Document, document_id)
             if document is None:

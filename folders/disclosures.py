@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Outcome, RecordedEvent
 from audit.log import AuditLog, EventFilter, Page, last_page
 from folders.actor import Actor
-from folders.auditing import denied, event_for
-from folders.errors import Forbidden, NotFound
+from folders.auditing import denied, event_for, require, require_guardian
+from folders.errors import NotFound
 from folders.links import guardian_link
 from folders.models import Document, Grant, Role, Student
 from folders.policy import Decision, GrantFacts, Permission, Resource, decide
@@ -149,10 +149,9 @@ class Disclosures:
         the refusal as ``access.denied``; Forbidden for an actor who is not a guardian;
         AuditUnavailable.
         """
-        if actor.role is not Role.GUARDIAN or actor.user_id is None:
-            raise Forbidden()
+        guardian_id = require_guardian(self._audit, actor, "record of disclosures")
         with Session(self._engine) as session:
-            view = self._guardian_view(session, actor, actor.user_id, student_id)
+            view = self._guardian_view(session, actor, guardian_id, student_id)
         if isinstance(view, Decision):
             # SECURITY: every refusal is audited, and answers as a missing student does.
             detail = f"record of disclosures: {view.reason.value}"
@@ -336,8 +335,7 @@ class Disclosures:
             return frozenset(str(student_id) for student_id in found)
 
     def _require_audit_reader(self, actor: Actor) -> None:
-        if not decide(actor, Permission.READ_AUDIT, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.READ_AUDIT, self._clock())
 
 
 def _title(

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Event, Outcome
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
-from folders.auditing import denied, event_for
+from folders.auditing import denied, event_for, require, require_guardian
 from folders.categories import Category
 from folders.db import reading_session
 from folders.errors import Conflict, Forbidden, InvalidInput, KeyRetiredDuringUpload, NotFound
@@ -425,17 +425,16 @@ class Documents:
 
     def shared_with(self, actor: Actor) -> list[SharedDocument]:
         """What a guardian may see now, newest first. Each item is confirmed by the policy."""
-        if actor.role is not Role.GUARDIAN or actor.user_id is None:
-            raise Forbidden()
+        guardian_id = require_guardian(self._audit, actor, "shared documents")
         now = self._clock()
         with reading_session(self._engine) as session:
             grants = session.scalars(
-                select(Grant).where(Grant.guardian_id == actor.user_id, Grant.revoked_at.is_(None))
+                select(Grant).where(Grant.guardian_id == guardian_id, Grant.revoked_at.is_(None))
             ).all()
             by_student: dict[uuid.UUID, list[Grant]] = {}
             for grant in grants:
                 by_student.setdefault(grant.student_id, []).append(grant)
-            links = guardian_links(session, actor.user_id, by_student)
+            links = guardian_links(session, guardian_id, by_student)
             candidates = session.scalars(
                 select(Document).where(Document.student_id.in_(list(by_student)))
             ).all()
@@ -677,8 +676,7 @@ class Documents:
         )
 
     def _require(self, actor: Actor, permission: Permission) -> None:
-        if not decide(actor, permission, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, permission, self._clock())
 
     @staticmethod
     def _document_for_guardian(

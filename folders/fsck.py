@@ -49,11 +49,11 @@ from sqlalchemy.orm import Session
 from audit.events import Action, Outcome
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import event_for, require
 from folders.bulk import INTENT_PREFIX, IngestBusy, IngestIntents, IngestLock
-from folders.errors import DatabaseUnavailable, Forbidden, InvalidInput
+from folders.errors import DatabaseUnavailable, InvalidInput
 from folders.models import DocumentVersion
-from folders.policy import Permission, Resource, decide
+from folders.policy import Permission
 from storage.envelope import ObjectIdentity
 from storage.errors import IntegrityError, KeyringError, ObjectNotFound
 from storage.ingest import SealedRef, Vault
@@ -494,8 +494,7 @@ class Fsck:
     # Helpers ----------------------------------------------------------------------------
 
     def _require(self, actor: Actor) -> None:
-        if not decide(actor, Permission.MANAGE_KEYS, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.MANAGE_KEYS, self._clock())
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import event_for, require
 from folders.categories import Category
 from folders.documents import parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -283,8 +283,7 @@ class Grants:
         return [g for g in infos if include_inactive or g.in_force]
 
     def _require(self, actor: Actor) -> None:
-        if not decide(actor, Permission.MANAGE_GRANTS, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.MANAGE_GRANTS, self._clock())
 
     def _info(self, session: Session, grant: Grant, link: GuardianLink | None) -> GrantInfo:
         """The frozen view of ``grant``; ``link`` is its guardian's link to the student."""

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for
+from folders.auditing import event_for, require
 from folders.db import hold_off_writers
-from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.errors import InvalidInput, NotFound
 from folders.models import Document, DocumentVersion
-from folders.policy import Permission, Resource, decide
+from folders.policy import Permission
 from folders.text import clean_text
 from storage.envelope import ObjectIdentity
 from storage.keyring import Keyring
@@ -263,5 +263,4 @@ class KeyManagement:
             )
 
     def _require(self, actor: Actor) -> None:
-        if not decide(actor, Permission.MANAGE_KEYS, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.MANAGE_KEYS, self._clock())

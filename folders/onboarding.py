@@ -23,7 +23,7 @@ from audit.log import AuditLog
 from folders.accounts import Accounts, UserInfo
 from folders.actor import Actor, RequestContext
 from folders.auditing import event_for
-from folders.errors import Forbidden, InvalidInput, NotFound
+from folders.errors import InvalidInput, NotFound
 from folders.models import PasswordToken, Role, User
 
 LINK_LIFETIME = timedelta(hours=72)
@@ -72,7 +72,7 @@ class Onboarding:
 
         Raises Forbidden, Conflict (email taken), InvalidInput, AuditUnavailable.
         """
-        _require_admin(actor)
+        self._accounts.require_admin(actor)
         return self._accounts.add_user(actor, email, role, display_name=display_name)
 
     def disable_account(self, actor: Actor, user_id: uuid.UUID) -> UserInfo:
@@ -81,7 +81,7 @@ class Onboarding:
         Raises Forbidden, NotFound, InvalidInput (an admin disabling themself),
         AuditUnavailable.
         """
-        _require_admin(actor)
+        self._accounts.require_admin(actor)
         if actor.user_id == user_id:
             raise InvalidInput("You cannot disable your own account.")
         target = self._accounts.get(user_id)
@@ -92,7 +92,7 @@ class Onboarding:
 
         Raises Forbidden, NotFound, AuditUnavailable.
         """
-        _require_admin(actor)
+        self._accounts.require_admin(actor)
         target = self._accounts.get(user_id)
         return self._accounts.enable(actor, target.email)
 
@@ -102,7 +102,7 @@ class Onboarding:
         Raises Forbidden (not an admin), NotFound (no such account), InvalidInput
         (disabled account), AuditUnavailable (then no link exists).
         """
-        _require_admin(actor)
+        self._accounts.require_admin(actor)
         now = self._clock()
         token = self._token_factory()
         with Session(self._engine) as session, session.begin():
@@ -185,8 +185,3 @@ class Onboarding:
         if user is None or not user.active:
             raise NotFound("This link is not valid any more. Ask an administrator for a new one.")
         return row
-
-
-def _require_admin(actor: Actor) -> None:
-    if not (actor.is_operator or actor.role is Role.ADMIN):
-        raise Forbidden("Only administrators manage accounts.")

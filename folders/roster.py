@@ -33,11 +33,11 @@ from audit.events import Action
 from audit.log import AuditLog
 from folders.accounts import normalize_email
 from folders.actor import Actor
-from folders.auditing import event_for
-from folders.errors import Forbidden, InvalidInput
+from folders.auditing import event_for, require
+from folders.errors import InvalidInput
 from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
-from folders.policy import Permission, Resource, decide
+from folders.policy import Permission
 from folders.text import clean_text
 
 USERS = "users.csv"
@@ -811,8 +811,13 @@ class RosterImport:
         return report
 
     def _require(self, actor: Actor) -> None:
-        if not decide(actor, Permission.MANAGE_FOLDER, Resource(), self._clock()).allowed:
-            raise Forbidden("Only registrars import rosters.")
+        require(
+            self._audit,
+            actor,
+            Permission.MANAGE_FOLDER,
+            self._clock(),
+            "Only registrars import rosters.",
+        )
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:

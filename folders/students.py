@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog, Page, last_page
 from folders.actor import Actor
-from folders.auditing import denied, event_for
-from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
+from folders.auditing import denied, event_for, require, require_guardian
+from folders.errors import Conflict, InvalidInput, NotFound
 from folders.grants import GUARDIANSHIP_ENDED, revoke_guardian_grants
 from folders.links import guardian_link
 from folders.models import Guardianship, Relationship, Role, School, Student, StudentStatus, User
@@ -318,14 +318,13 @@ class Students:
 
     def my_students(self, actor: Actor) -> list[StudentInfo]:
         """A guardian's students: current, unrestricted links only."""
-        if actor.role is not Role.GUARDIAN or actor.user_id is None:
-            raise Forbidden()
+        guardian_id = require_guardian(self._audit, actor, "my students")
         with Session(self._engine) as session:
             students = session.scalars(
                 select(Student)
                 .join(Guardianship, Guardianship.student_id == Student.id)
                 .where(
-                    Guardianship.guardian_id == actor.user_id,
+                    Guardianship.guardian_id == guardian_id,
                     Guardianship.ended_at.is_(None),
                     Guardianship.restricted.is_(False),
                 )
@@ -336,8 +335,7 @@ class Students:
     # Helpers ----------------------------------------------------------------------------
 
     def _require(self, actor: Actor, permission: Permission) -> None:
-        if not decide(actor, permission, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, permission, self._clock())
 
     def _student_view(self, session: Session, actor: Actor, student_id: uuid.UUID) -> Decision:
         link = None

@@ -19,9 +19,8 @@ from audit.export import CSV_COLUMNS, ExportFormat, export_events
 from audit.log import AuditLog, EventFilter, Page
 from audit.verify import VerifyReport
 from folders.actor import Actor
-from folders.auditing import event_for
-from folders.errors import Forbidden
-from folders.policy import Permission, Resource, decide
+from folders.auditing import event_for, require
+from folders.policy import Permission
 
 _EXPORT_BATCH = 1000
 _CSV_HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
@@ -159,8 +158,7 @@ class AuditTrail:
         return _chunks(self._audit.events(query.event_filter()), fmt)
 
     def _require(self, actor: Actor) -> None:
-        if not decide(actor, Permission.READ_AUDIT, Resource(), self._clock()).allowed:
-            raise Forbidden()
+        require(self._audit, actor, Permission.READ_AUDIT, self._clock())
 
 
 def _chunks(events: Iterator[RecordedEvent], fmt: ExportFormat) -> Iterator[bytes]:

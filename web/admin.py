@@ -12,7 +12,8 @@ import uuid
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from folders.errors import Conflict, Forbidden, InvalidInput
+from folders.auditing import refuse
+from folders.errors import Conflict, InvalidInput
 from folders.models import Role
 from web import pages
 from web.auth import current_actor, guard_role
@@ -149,15 +150,18 @@ def _list_place() -> dict[str, str]:
 def password_link(user_id: uuid.UUID) -> ResponseReturnValue:
     """Make a link and show it: the embedded mode only (see :func:`_links_on_screen`).
 
-    Elsewhere the request is refused (403) before anything is issued, so earlier links
-    keep working and no issue is audited: the button is not offered there, and only a
-    stale page or a hand-made request gets here.
+    Elsewhere the request is refused (403, recorded as ``access.denied``) before anything
+    is issued, so earlier links keep working: the button is not offered there, and only
+    a stale page or a hand-made request gets here.
     """
     if not _links_on_screen():
-        raise Forbidden(
+        refuse(
+            runtime().audit_log,
+            current_actor(),
+            f"password link for account {user_id} on screen: not in this setup",
             "Password links are not made on this page in this setup. An operator makes "
             f"one on the server with `{LINK_COMMAND} EMAIL` and gives it to the account's "
-            "owner privately. No link was made; earlier links still work."
+            "owner privately. No link was made; earlier links still work.",
         )
     try:
         link = runtime().onboarding.issue(current_actor(), user_id)

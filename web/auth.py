@@ -25,6 +25,7 @@ from flask.typing import ResponseReturnValue
 
 from folders.accounts import UserInfo
 from folders.actor import Actor, RequestContext
+from folders.auditing import refuse
 from folders.errors import AuthenticationFailed, InvalidInput, NotFound
 from folders.models import Role
 from folders.throttle import LoginThrottled
@@ -102,7 +103,11 @@ def current_actor() -> Actor:
 
 
 def guard_role(blueprint: Blueprint, role: Role) -> None:
-    """Deny by default: every route of ``blueprint`` needs a signed-in user with ``role``."""
+    """Deny by default: every route of ``blueprint`` needs a signed-in user with ``role``.
+
+    Another role's refusal (403) is recorded as ``access.denied`` first, naming the
+    method and path (503 if it cannot be recorded).
+    """
 
     @blueprint.before_request
     def _guard() -> ResponseReturnValue | None:
@@ -110,12 +115,11 @@ def guard_role(blueprint: Blueprint, role: Role) -> None:
         if user is None:
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
         if user.role is not role:
-            abort(
-                403,
-                description=(
-                    f"This page is for {role.value} accounts; "
-                    f"you are signed in as {user.role.value}."
-                ),
+            refuse(
+                runtime().audit_log,
+                current_actor(),
+                f"{request.method} {request.path[:200]}: {role.value} pages",
+                f"This page is for {role.value} accounts; you are signed in as {user.role.value}.",
             )
         return None
 

@@ -641,7 +641,12 @@ def test_only_registrars_import(runtime: Runtime) -> None:
         with pytest.raises(Forbidden):
             importer(runtime).apply(actor, read_roster(FIXTURES / "v1_1"), dry_run=True)
     assert runtime.students.find_students(registrar(runtime), "").total == 0
-    assert actions(runtime) == []
+    # Nothing imported, and every refusal recorded: the policy's reason, by whom.
+    events = [e.event for e in runtime.audit_log.query(per_page=500).items]
+    refusals = [e for e in events if e.actor_role != "operator"]
+    assert [e.action for e in refusals] == [Action.ACCESS_DENIED] * 6
+    assert {e.detail for e in refusals} == {"manage_folder: role_not_permitted"}
+    assert sorted(e.actor_role for e in refusals) == sorted(["guardian", "compliance", "admin"] * 2)
 
 
 # The command line ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.routing import Rule
 
+from audit.events import Action
 from folders.actor import Actor
 from folders.disclosures import DEFAULT_PURPOSE
 from folders.models import Role
@@ -291,9 +292,16 @@ def test_every_route_answers_every_role_as_the_matrix_says(
             return app.test_client()
         return signed_in(app, world.emails[role])
 
+    def denials() -> int:
+        if role == "anonymous":
+            return 0
+        email = world.emails[role]
+        return runtime.audit_log.query(actor_email=email, action=Action.ACCESS_DENIED).total
+
     client = sign_in()
     holes: list[str] = []
     differences: list[str] = []
+    unaudited: list[str] = []
     checked = 0
     for rule, method in _cells(app):
         row = MATRIX[f"{rule.endpoint} {method}"]
@@ -301,7 +309,10 @@ def test_every_route_answers_every_role_as_the_matrix_says(
             resource = world.resources[name]
             path = _path(rule, resource)
             form = _form(rule.endpoint, name, resource, world) if method == "POST" else {}
+            before = denials()
             status = _send(client, method, path, form)
+            if status == 403 and denials() != before + 1:
+                unaudited.append(f"{method} {path} as {role} on {name}")
             expected = row.expected(role, name)
             cell = f"{rule.endpoint} {method}"
             if cell in EMBEDDED_ONLY and role == "admin" and not runtime.settings.embedded:
@@ -314,6 +325,8 @@ def test_every_route_answers_every_role_as_the_matrix_says(
                 client = sign_in()
     assert not holes, "unexpected 2xx:\n" + "\n".join(holes + differences)
     assert not differences, "\n".join(differences)
+    # Every refusal of a signed-in user is one access.denied event (DESIGN: every denial).
+    assert not unaudited, "403 without one access.denied event:\n" + "\n".join(unaudited)
     assert checked == 3 * len(MATRIX)
 
 

@@ -4,6 +4,8 @@ import pytest
 from argon2 import PasswordHasher
 from flask.testing import FlaskClient
 
+from audit.errors import AuditUnavailable
+from audit.events import Action, Event, Outcome
 from folders.models import Role
 from folders.runtime import Runtime
 from tests.support.app import AuthActions, csrf_from
@@ -78,6 +80,29 @@ def test_login_lands_on_the_role_home(
             refused = client.get(other)
             assert refused.status_code == 403
             assert "accounts; you are signed in as" in refused.get_data(as_text=True)
+
+
+def test_another_roles_page_is_refused_and_the_refusal_recorded(
+    client: FlaskClient, auth: AuthActions, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth.create("g@home.example", Role.GUARDIAN)
+    assert auth.login("g@home.example") == 302
+    refused = client.get("/registrar/?q=Ada", headers={"X-Request-ID": "proxy-req-0042"})
+    assert refused.status_code == 403
+    [recorded] = runtime.audit_log.query(action=Action.ACCESS_DENIED).items
+    event = recorded.event
+    assert (event.actor_email, event.actor_role) == ("g@home.example", "guardian")
+    assert event.outcome is Outcome.DENIED
+    assert event.detail == "GET /registrar/: registrar pages"  # no query string
+    assert event.request_id == "proxy-req-0042"
+
+    # Fail closed: a refusal that cannot be recorded is answered 503, not 403.
+    def unavailable(event: Event) -> None:
+        raise AuditUnavailable("the audit insert failed")
+
+    monkeypatch.setattr(runtime.audit_log, "record", unavailable)
+    assert client.get("/compliance/").status_code == 503
+    assert client.get("/guardian/").status_code == 200  # their own pages still work
 
 
 def test_wrong_password_is_401_and_says_nothing_specific(
