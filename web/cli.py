@@ -23,6 +23,7 @@ from folders.doctor import run_checks
 from folders.models import Role
 from web.cli_audit import audit_cli
 from web.cli_fsck import fsck
+from web.cli_guardians import guardian
 from web.cli_ingest import folder, ingest
 from web.cli_keys import keys
 from web.cli_records import demo, document, grant, student
@@ -281,6 +282,7 @@ cli.add_command(demo)
 cli.add_command(student)
 cli.add_command(document)
 cli.add_command(grant)
+cli.add_command(guardian)
 cli.add_command(keys)
 cli.add_command(ingest)
 cli.add_command(folder)

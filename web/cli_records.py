@@ -14,7 +14,7 @@ from folders.demo import load_demo
 from folders.errors import InvalidInput
 from folders.grants import GrantStatus, parse_scope
 from folders.models import GrantScope
-from web.cli_support import DATE, IdType, counted, reports_errors, runtime
+from web.cli_support import DATE, IdType, counted, on_student, reports_errors, runtime
 
 AS_OPTION = click.option(
     "--as",
@@ -119,9 +119,7 @@ def document_list(student_id: str, as_email: str) -> None:
     """List the documents of STUDENT_ID (district id): document ids for
     `grant add --scope document:ID`, version ids for `keys shred`. Audited as a folder
     view."""
-    rt = runtime()
-    actor = rt.accounts.acting_as(as_email)
-    found = rt.students.get_by_district_id(actor, student_id)
+    rt, actor, found = on_student(as_email, student_id)
     documents = rt.documents.list_folder(actor, found.id)
     click.echo(f"{'DOCUMENT ID':<36}  {'CATEGORY':<18} TITLE")
     for d in documents:
@@ -188,10 +186,8 @@ def grant_add(
     as_email: str,
 ) -> None:
     """Give GUARDIAN_EMAIL access to STUDENT_ID's records (district id)."""
-    rt = runtime()
-    actor = rt.accounts.acting_as(as_email)
+    rt, actor, found = on_student(as_email, student_id)
     kind, category, document_id = scope
-    found = rt.students.get_by_district_id(actor, student_id)
     info = rt.grants.grant(
         actor,
         guardian_email,
@@ -214,9 +210,7 @@ def grant_add(
 @reports_errors
 def grant_list(student_id: str, include_inactive: bool, as_email: str) -> None:
     """List STUDENT_ID's grants (district id)."""
-    rt = runtime()
-    actor = rt.accounts.acting_as(as_email)
-    found = rt.students.get_by_district_id(actor, student_id)
+    rt, actor, found = on_student(as_email, student_id)
     grants = rt.grants.list_for_student(actor, found.id, include_inactive=include_inactive)
     width = max(len(status.value) for status in GrantStatus)
     click.echo(f"{'GRANT ID':<36}  {'STATUS':<{width}} {'GUARDIAN':<32} {'EXPIRES':<10} SCOPE")

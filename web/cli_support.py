@@ -13,8 +13,10 @@ from typing import ParamSpec, TypeVar
 import click
 
 from audit.errors import AuditError
+from folders.actor import Actor
 from folders.errors import DatabaseUnavailable, FoldersError
 from folders.runtime import NotInstalled, Runtime
+from folders.students import StudentInfo
 from storage.errors import StorageError
 from web.context import runtime as app_runtime
 
@@ -27,6 +29,17 @@ def runtime() -> Runtime:
     current = app_runtime()
     click.get_current_context().call_on_close(current.close)
     return current
+
+
+def on_student(as_email: str, district_id: str) -> tuple[Runtime, Actor, StudentInfo]:
+    """The Runtime, the ``--as`` account as an Actor, and the student with ``district_id``.
+
+    Raises NotFound (no such active account, no such student) and Forbidden (an account
+    that may not look students up; the refusal is recorded).
+    """
+    rt = runtime()
+    actor = rt.accounts.acting_as(as_email)
+    return rt, actor, rt.students.get_by_district_id(actor, district_id)
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:

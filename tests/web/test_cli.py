@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
+import json
 import os
 import socket
 import stat
@@ -473,6 +474,16 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
         "grant", "add", "jordan.lopez@demo.satchel.test", "D-1002", "--scope", "folder", *registrar
     )
     assert refused.exit_code == 1 and "restricted" in refused.output
+    as_parent = ("--as", "maria.lopez@demo.satchel.test")
+    not_hers = satchel(
+        "grant", "add", "sam.okafor@demo.satchel.test", "D-1003", "--scope", "folder", *as_parent
+    )
+    assert not_hers.exit_code == 1
+    assert not_hers.output == "Error: You are not allowed to do this.\n"
+    trail = satchel("audit", "export", "--format", "jsonl", "--actor", as_parent[1])
+    [entry] = [json.loads(line) for line in trail.output.splitlines()]
+    assert (entry["action"], entry["outcome"]) == ("access.denied", "denied")
+    assert entry["detail"] == "list_folder: role_not_permitted"  # finding D-1003, first
 
     rotated = satchel("keys", "rotate")
     assert rotated.exit_code == 0, rotated.output
@@ -556,6 +567,59 @@ def test_a_file_system_error_a_command_did_not_name_is_still_one_line(
 
 
 REGISTRAR = ("--as", "registrar@demo.satchel.test")
+
+
+def test_guardian_commands_list_link_restrict_and_unlink(satchel: Satchel) -> None:
+    assert satchel("init").exit_code == 0 and satchel("demo").exit_code == 0
+    maria, sam = "maria.lopez@demo.satchel.test", "sam.okafor@demo.satchel.test"
+
+    def guardians(student: str) -> dict[str, str]:
+        listed = satchel("guardian", "list", student, *REGISTRAR)
+        assert listed.exit_code == 0, listed.output
+        header, *rows, summary = listed.output.splitlines()
+        assert header.split() == ["GUARDIAN", "NAME", "RELATIONSHIP", "STATUS"]
+        assert summary.endswith(f"of {'Lucia Lopez' if student == 'D-1001' else 'Amara Okafor'}")
+        return {row.split()[0]: row[header.index("RELATIONSHIP") :].strip() for row in rows}
+
+    def marias_grants() -> int:
+        return satchel("grant", "list", "D-1001", *REGISTRAR).output.count(maria)
+
+    assert guardians("D-1001")[maria] == "parent       current"
+    assert marias_grants() == 1
+
+    # Unlinking asks first, naming the grants it revokes; without a yes nothing changes.
+    asked = satchel("guardian", "unlink", maria, "D-1001", *REGISTRAR)
+    assert asked.exit_code == 1 and "Aborted!" in asked.output
+    assert "Ending the link revokes 1 grant in force:" in asked.output
+    assert "  whole folder\n" in asked.output
+    assert guardians("D-1001")[maria] == "parent       current" and marias_grants() == 1
+
+    ended = satchel("guardian", "unlink", maria, "D-1001", *REGISTRAR, input="y\n")
+    assert ended.exit_code == 0, ended.output
+    assert f"unlinked {maria} from Lucia Lopez" in ended.output
+    assert guardians("D-1001")[maria].startswith("parent       ended 20")
+    assert marias_grants() == 0
+    again = satchel("guardian", "unlink", maria, "D-1001", "--yes", *REGISTRAR)
+    assert again.exit_code == 0 and "has ended already; nothing was changed" in again.output
+    never = satchel("guardian", "unlink", sam, "D-1001", "--yes", *REGISTRAR)
+    assert never.exit_code == 1
+    assert never.output == f"Error: {sam} is not a guardian of Lucia Lopez.\n"
+
+    # Linking again gives back no grant.
+    relinked = satchel(
+        "guardian", "link", maria, "D-1001", "--relationship", "guardian", *REGISTRAR
+    )
+    assert relinked.output == f"linked {maria} to Lucia Lopez as guardian\n"
+    assert guardians("D-1001")[maria] == "guardian     current" and marias_grants() == 0
+
+    restricted = satchel(
+        "guardian", "restrict", sam, "D-1003", "--reason", "Court order 2026-114", *REGISTRAR
+    )
+    assert restricted.exit_code == 0, restricted.output
+    assert guardians("D-1003")[sam] == "parent       restricted"
+
+    as_parent = satchel("guardian", "list", "D-1001", "--as", maria)
+    assert as_parent.exit_code == 1 and "not allowed" in as_parent.output
 
 
 @pytest.mark.parametrize(
