@@ -97,6 +97,42 @@ def test_registrar_uploads_two_files_one_refused_and_shares_the_folder(
     assert grant.guardian_email == cast.parent.email
 
 
+def test_a_second_submit_of_an_upload_form_on_its_way_is_cancelled(
+    page: Any, live_server: str, runtime: Runtime, cast: Cast
+) -> None:
+    _log_in(page, live_server, cast.registrar.email)
+    page.goto(f"{live_server}/registrar/students/{cast.child.id}/upload")
+    one = page.locator("section", has=page.get_by_role("heading", name="One document"))
+    one.get_by_label("File").set_input_files(
+        {
+            "name": "spring_report_card.pdf",
+            "mimeType": "application/pdf",
+            "buffer": samples.make_pdf(pages=1, text="Spring report card"),
+        }
+    )
+    one.get_by_label("Category").select_option(label="Report card")
+    form = one.locator("form")
+    # A double click: the button's submit, then a second one while the first is sent.
+    with page.expect_navigation():
+        second = form.evaluate(
+            """form => {
+                form.querySelector("button[type=submit]").click();
+                const again = new SubmitEvent("submit", {bubbles: true, cancelable: true});
+                form.dispatchEvent(again);
+                return {
+                    cancelled: again.defaultPrevented,
+                    busy: form.getAttribute("aria-busy"),
+                    label: form.querySelector("button[type=submit]").textContent,
+                };
+            }"""
+        )
+    assert second == {"cancelled": True, "busy": "true", "label": "Uploading…"}
+    assert "1 file was stored" in page.locator(".results").inner_text()
+    assert [d.title for d in runtime.documents.list_folder(cast.registrar, cast.child.id)] == [
+        "spring report card"
+    ]
+
+
 def test_guardian_downloads_then_loses_access_when_the_registrar_revokes(
     page: Any, browser: Any, live_server: str, runtime: Runtime, cast: Cast, tmp_path: Path
 ) -> None:

@@ -7,9 +7,10 @@ never a 500, and leave every table and the audit log intact.
 
 Markup: titles, student names, guardian display names, reasons and file names are stored
 with script and event-handler payloads; every page that shows them must show them as text.
-The check parses each page: no ``<script>``, ``<img>`` or ``<svg>`` element and no ``on…``
-attribute may exist, and each payload must appear whole in the page's text or attribute
-values (proof that it was rendered, escaped, rather than dropped).
+The check parses each page: no ``<script>`` (Satchel's own, from ``/static/``, aside), ``<img>``
+or ``<svg>`` element and no ``on…`` attribute may exist, and each payload must appear whole
+in the page's text or attribute values (proof that it was rendered, escaped, rather than
+dropped).
 """
 
 from __future__ import annotations
@@ -348,7 +349,8 @@ class _Page(HTMLParser):
         return "".join(self.texts)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
+        own_script = tag == "script" and str(dict(attrs).get("src") or "").startswith("/static/")
+        self.tags.append("satchel.js" if own_script else tag)
         for name, value in attrs:
             if name.startswith("on"):
                 self.handlers.append((tag, name))

@@ -208,7 +208,8 @@ class _PageAudit(HTMLParser):
             self._in_thead = True
         if tag == "th" and self._in_thead and a.get("scope") != "col":
             self.headers_without_scope += 1
-        if tag == "script" or "style" in a or any(k.startswith("on") for k in a):
+        inline_script = tag == "script" and not str(a.get("src") or "").startswith("/static/")
+        if inline_script or "style" in a or any(k.startswith("on") for k in a):
             self.inline.append(tag)  # the CSP would block it anyway
 
     def handle_endtag(self, tag: str) -> None:
