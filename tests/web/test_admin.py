@@ -115,9 +115,8 @@ def test_disable_an_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
     assert client.get("/admin/").status_code == 200
 
 
-def test_enable_a_disabled_account(app: Flask, runtime: Runtime, cast: Cast, clock: Clock) -> None:
-    onboarding = Onboarding(runtime.engine, runtime.accounts, runtime.audit_log, clock)
-    token = onboarding.issue(cast.admin, cast.parent.user_id).token
+def test_enable_a_disabled_account(app: Flask, runtime: Runtime, cast: Cast) -> None:
+    token = runtime.onboarding.issue(cast.admin, cast.parent.user_id).token
     earlier = signed_in(app, cast.parent.email)  # not used again until the account is enabled
     client = signed_in(app, cast.admin.email)
     post(client, f"/admin/users/{cast.parent.user_id}/disable", {"confirm": "yes"})
