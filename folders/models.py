@@ -291,3 +291,14 @@ class IngestIntent(Base):
 
     object_key: Mapped[str] = mapped_column(String(255), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class UploadForm(Base):
+    """An upload form that was sent: its random id, claimed before any of its files is
+    stored, so that the same form sent again stores nothing (``folders/forms.py``)."""
+
+    __tablename__ = "upload_forms"
+
+    form_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

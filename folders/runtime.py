@@ -29,6 +29,7 @@ from folders.db import make_engine, sqlite_file
 from folders.disclosures import Disclosures
 from folders.documents import Documents
 from folders.errors import DatabaseUnavailable
+from folders.forms import UploadForms
 from folders.fsck import Fsck
 from folders.grants import Grants
 from folders.inbox import SharedInbox
@@ -149,6 +150,10 @@ class Runtime:
     @cached_property
     def catalog(self) -> Catalog:
         return Catalog(self.engine, self.audit_log, self.clock)
+
+    @cached_property
+    def upload_forms(self) -> UploadForms:
+        return UploadForms(self.engine, self.clock)
 
     @cached_property
     def inbox(self) -> SharedInbox:

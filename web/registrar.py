@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
-import secrets
 import unicodedata
 import uuid
 from collections.abc import Iterable
@@ -25,7 +23,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from flask.typing import ResponseReturnValue
@@ -44,6 +41,7 @@ from folders.errors import (
     KeyRetiredDuringUpload,
     NotFound,
 )
+from folders.forms import new_form_id
 from folders.models import GrantScope, Relationship, Role
 from folders.text import clean_text
 from storage.errors import ContentRejected, StorageError
@@ -199,7 +197,7 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
             "registrar/upload.html",
             title=f"Upload to the folder of {student.full_name}",
             student=student,
-            upload_ids={form: secrets.token_hex(16) for form in ("single", "multi")},
+            upload_ids={form: new_form_id() for form in ("single", "multi")},
             categories=CATEGORY_CHOICES,
             values=values,
             errors=errors,
@@ -229,12 +227,14 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
         )
     if errors:
         return render(errors, [], 400)
+    # The same form sent again (a reload of the results page, the browser's history, a
+    # second click while the first request is on its way) finds its id claimed.
     upload_id = request.form.get("upload_id", "")
-    if upload_id in session.get(_UPLOADS_DONE, []):
+    if upload_id and not rt.upload_forms.claim(actor, upload_id):
         errors[f"{prefix}-files"] = (
-            "These files were sent already (the page was reloaded, or sent again from the "
-            "browser's history), so nothing was stored again. The folder lists what was "
-            "stored; choose the files again to upload them once more."
+            "These files were sent already (the page was reloaded, sent again from the "
+            "browser's history, or sent twice), so nothing was stored again. The folder "
+            "lists what was stored; choose the files again to upload them once more."
         )
         return render(errors, [], 409)
 
@@ -242,28 +242,28 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
     given_title = values["title"].strip() if len(files) == 1 else ""
     outcomes: list[UploadOutcome] = []
     stopped: int | None = None  # the status of the failure that stopped the upload
-    for f in files:
-        name = f.filename or ""
-        if stopped is not None:
-            outcomes.append(UploadOutcome(name, reason=_NOT_TRIED, status=stopped))
-            continue
-        title = given_title or title_from_filename(name)
-        try:
-            outcomes.append(_store_one(actor, student_id, f, category, school_year, title))
-        except _INSTALLATION_FAILURES as e:
-            # Each file is stored whole or not at all, so the files before this one
-            # stay stored; the page says which, and the status says the upload failed.
-            failure = DatabaseUnavailable.from_cause(e) if isinstance(e, _DATABASE_CAUSES) else e
-            stopped = status_for(failure)
-            log.error("upload stopped at file %d of %d: %s", len(outcomes) + 1, len(files), e)
-            message = getattr(failure, "public_message", _NOT_TRIED)
-            outcomes.append(UploadOutcome(name, reason=message, status=stopped))
-    if any(o.document for o in outcomes) and _UPLOAD_ID.fullmatch(upload_id):
-        # A reload re-sends the same form: remembered here, it stores nothing twice.
-        session[_UPLOADS_DONE] = [
-            *session.get(_UPLOADS_DONE, [])[-(_UPLOADS_KEPT - 1) :],
-            upload_id,
-        ]
+    try:
+        for f in files:
+            name = f.filename or ""
+            if stopped is not None:
+                outcomes.append(UploadOutcome(name, reason=_NOT_TRIED, status=stopped))
+                continue
+            title = given_title or title_from_filename(name)
+            try:
+                outcomes.append(_store_one(actor, student_id, f, category, school_year, title))
+            except _INSTALLATION_FAILURES as e:
+                # Each file is stored whole or not at all, so the files before this one
+                # stay stored; the page says which, and the status says the upload failed.
+                failure = (
+                    DatabaseUnavailable.from_cause(e) if isinstance(e, _DATABASE_CAUSES) else e
+                )
+                stopped = status_for(failure)
+                log.error("upload stopped at file %d of %d: %s", len(outcomes) + 1, len(files), e)
+                message = getattr(failure, "public_message", _NOT_TRIED)
+                outcomes.append(UploadOutcome(name, reason=message, status=stopped))
+    finally:
+        if upload_id and not any(o.document for o in outcomes):
+            _give_back(actor, upload_id)  # nothing stored: the form may be sent again
     if stopped is not None:
         return render({}, outcomes, stopped)
     # Some files stored is a success; nothing stored means the upload was refused
@@ -274,12 +274,15 @@ def upload(student_id: uuid.UUID) -> ResponseReturnValue:
     return render({}, outcomes, 200 if stored else max(o.status for o in outcomes))
 
 
-# Each upload form carries a fresh id; the ids of the last uploads that stored anything
-# are kept in the session, so that reloading the results page (which sends the form
-# again) or sending it again from the browser's history stores nothing twice.
-_UPLOADS_DONE = "uploads_done"
-_UPLOADS_KEPT = 20
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+def _give_back(actor: Actor, upload_id: str) -> None:
+    """Release the claim of a form that stored nothing. If the database refuses even
+    that, the form's id stays claimed: sent again it stores nothing, and the page says
+    to choose the files again (a fresh form), so nothing is lost."""
+    try:
+        runtime().upload_forms.release(actor, upload_id)
+    except _DATABASE_CAUSES as e:
+        log.error("could not release upload form %s: %s", upload_id, e)
+
 
 # Failures of the installation rather than of a file: they stop a multi-file upload.
 _DATABASE_CAUSES = DatabaseUnavailable.CAUSES

@@ -25,6 +25,7 @@ from audit.events import Action
 from folders.actor import Actor
 from folders.categories import Category
 from folders.disclosures import DEFAULT_PURPOSE
+from folders.forms import new_form_id
 from folders.grants import GrantStatus
 from folders.models import GrantScope
 from folders.runtime import Runtime
@@ -133,6 +134,21 @@ def test_sending_an_upload_form_again_stores_nothing_twice(
     )
     assert refused.status_code == 422
     assert send(next_id[::-1], "autumn").status_code == 200
+
+    # The claim lives in the database, not in this browser's session: the same form sent
+    # from another session (another worker, a copied request) stores nothing either,
+    # and neither does a twin sent while the first request is still storing.
+    elsewhere = signed_in(app, cast.registrar.email)
+    files = {"files": (io.BytesIO(samples.make_pdf(pages=1, text="x")), "x.pdf")}
+    form = {"form": "single", "category": "report_card", "upload_id": first_id, **files}
+    twin = post(elsewhere, url, form, content_type="multipart/form-data")
+    assert twin.status_code == 409 and "These files were sent already" in twin.text
+    in_flight = new_form_id()
+    assert runtime.upload_forms.claim(cast.registrar, in_flight)  # the first request
+    assert send(in_flight, "twin").status_code == 409
+    damaged = send("not-a-form-id", "damaged")
+    assert damaged.status_code == 400 and "open the upload page again" in damaged.text
+    assert len(runtime.documents.list_folder(cast.registrar, cast.child.id)) == 5
 
 
 @pytest.mark.parametrize("failing", ["object store", "audit log"])
