@@ -162,6 +162,17 @@ def pubkey() -> None:
     help="Only events about this student: a district id, or Satchel's id of the student.",
 )
 @click.option("--actor", "actor_email", metavar="EMAIL", help="Only events by this email address.")
+@click.option(
+    "--action",
+    type=click.Choice([a.value for a in Action]),
+    metavar="ACTION",
+    help="Only events of this action, e.g. access.denied (docs/audit-log.md lists them).",
+)
+@click.option(
+    "--outcome",
+    type=click.Choice([o.value for o in Outcome]),
+    help="Only events with this outcome (denied: every refusal).",
+)
 @click.option("--since", type=DATE, help="From this UTC day, inclusive.")
 @click.option("--until", type=DATE, help="Up to this UTC day, inclusive.")
 @click.option(
@@ -176,6 +187,8 @@ def export(
     fmt: str,
     student_id: str | None,
     actor_email: str | None,
+    action: str | None,
+    outcome: str | None,
     since: date | None,
     until: date | None,
     output: Path | None,
@@ -188,6 +201,8 @@ def export(
     where = EventFilter(
         actor_email=actor_email.strip().lower() if actor_email else None,
         student_id=_student_filter(student_id),
+        action=Action(action) if action else None,
+        outcome=Outcome(outcome) if outcome else None,
         since=_midnight(since) if since else None,
         until=_midnight(until + timedelta(days=1)) if until else None,
     )
@@ -210,7 +225,7 @@ def _midnight(day: date) -> datetime:
 def _record_export(log: AuditLog, fmt: str, where: EventFilter) -> None:
     """Record the export before any event leaves (fail closed)."""
     filters = [f"format={fmt}"]
-    for name in ("student_id", "actor_email", "since", "until"):
+    for name in ("student_id", "actor_email", "action", "outcome", "since", "until"):
         value = getattr(where, name)
         if value is not None:
             filters.append(f"{name}={format_time(value) if name in ('since', 'until') else value}")

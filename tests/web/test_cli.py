@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import csv
 import errno
 import importlib.metadata
+import io
 import json
 import os
 import socket
@@ -484,6 +486,20 @@ def test_demo_then_grants_and_key_rotation(satchel: Satchel) -> None:
     [entry] = [json.loads(line) for line in trail.output.splitlines()]
     assert (entry["action"], entry["outcome"]) == ("access.denied", "denied")
     assert entry["detail"] == "list_folder: role_not_permitted"  # finding D-1003, first
+    refusals = satchel("audit", "export", "--format", "jsonl", "--outcome", "denied")
+    denied = [json.loads(line) for line in refusals.output.splitlines()]
+    assert entry in denied and {e["outcome"] for e in denied} == {"denied"}
+    shares = satchel("audit", "export", "--format", "csv", "--action", "grant.create")
+    rows = list(csv.DictReader(io.StringIO(shares.output)))
+    assert len(rows) >= 2 and {r["action"] for r in rows} == {"grant.create"}
+    [recorded] = [
+        json.loads(line)
+        for line in satchel("audit", "export", "--format", "jsonl").output.splitlines()
+        if '"audit.export"' in line and "grant.create" in line
+    ]
+    assert recorded["detail"] == "format=csv action=grant.create"
+    unknown = satchel("audit", "export", "--format", "csv", "--action", "document.eat")
+    assert unknown.exit_code == 2 and "'document.eat' is not one of" in unknown.output
 
     rotated = satchel("keys", "rotate")
     assert rotated.exit_code == 0, rotated.output
