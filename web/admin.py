@@ -1,8 +1,8 @@
 """The admin's pages. Every route needs a signed-in admin (deny by default).
 
-Create registrar, compliance and guardian accounts (without a password), disable
-and enable accounts, and, in the embedded mode only, issue one-time password-set links. Elsewhere
-an operator makes links on the server with ``satchel user link EMAIL``.
+Create registrar, compliance and guardian accounts (without a password), disable and
+enable accounts, and, in the embedded mode only, issue one-time password-set links.
+Elsewhere an operator makes links on the server with ``satchel user link EMAIL``.
 """
 
 from __future__ import annotations
