@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import NoReturn
+from typing import NoReturn, Protocol
+
+from sqlalchemy.orm import Session
 
 from audit.events import Action, Event, Outcome
 from audit.log import AuditLog
@@ -12,6 +14,13 @@ from folders.actor import Actor
 from folders.errors import Forbidden
 from folders.models import Role
 from folders.policy import Permission, Resource, decide
+
+
+class AppendsEvents(Protocol):
+    """Where a use case appends the events of its transaction: the :class:`AuditLog`, or
+    a holder that appends them later in the same transaction (the roster import's)."""
+
+    def append(self, session: Session, event: Event) -> object: ...
 
 
 def _id(value: uuid.UUID | None) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from audit.events import Action
 from audit.log import AuditLog
 from folders.actor import Actor
-from folders.auditing import event_for, require
+from folders.auditing import AppendsEvents, event_for, require
 from folders.categories import Category
 from folders.documents import parse_category
 from folders.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -338,7 +338,7 @@ def grant_status(grant: Grant, link: GuardianLink | None, now: datetime) -> Gran
 
 
 def revoke_grant(
-    session: Session, audit: AuditLog, actor: Actor, grant: Grant, reason: str, now: datetime
+    session: Session, audit: AppendsEvents, actor: Actor, grant: Grant, reason: str, now: datetime
 ) -> None:
     """Revoke ``grant`` for ``reason`` and append its ``grant.revoke`` event, both in the
     caller's transaction, so neither happens without the other. Every revocation goes
@@ -369,7 +369,7 @@ def revoke_grant(
 
 def revoke_guardian_grants(
     session: Session,
-    audit: AuditLog,
+    audit: AppendsEvents,
     actor: Actor,
     guardian_id: uuid.UUID,
     student_id: uuid.UUID,

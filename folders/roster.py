@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from audit.events import Action
+from audit.events import Action, Event
 from audit.log import AuditLog
 from folders.accounts import normalize_email
 from folders.actor import Actor
@@ -766,6 +766,30 @@ class _Outcome(StrEnum):
     UNCHANGED = "unchanged"
 
 
+# (stage, done, total): stage "rows" for orgs.csv and users.csv, then "links".
+ImportProgress = Callable[[str, int, int], None]
+
+# Rows committed together by default. A transaction per row spent more time committing
+# than importing; a batch's audit events are appended just before it commits (see
+# _DeferredEvents), so the log's lock is not held while its rows are worked on.
+BATCH_ROWS = 100
+
+
+class _DeferredEvents:
+    """The audit events of the open batch, appended by :meth:`_Run._commit_batch`.
+
+    Events of the row being imported wait in ``row`` and join ``batch`` only once the
+    row's savepoint is released, so a row that is rolled back takes its events with it.
+    """
+
+    def __init__(self) -> None:
+        self.row: list[Event] = []
+        self.batch: list[Event] = []
+
+    def append(self, session: Session, event: Event) -> None:
+        self.row.append(event)
+
+
 class RosterImport:
     """Brings students, guardian accounts, schools and guardian links in from OneRoster.
 
@@ -774,13 +798,28 @@ class RosterImport:
     or otherwise loosens an existing guardianship: local decisions always win.
     """
 
-    def __init__(self, engine: Engine, audit: AuditLog, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+        *,
+        batch_rows: int = BATCH_ROWS,
+    ) -> None:
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
         self._engine = engine
         self._audit = audit
         self._clock = clock
+        self._batch_rows = batch_rows
 
     def import_directory(
-        self, actor: Actor, directory: Path, *, dry_run: bool = False
+        self,
+        actor: Actor,
+        directory: Path,
+        *,
+        dry_run: bool = False,
+        progress: ImportProgress | None = None,
     ) -> ImportReport:
         """Read and import the OneRoster files in ``directory`` (see :meth:`apply`).
 
@@ -790,13 +829,25 @@ class RosterImport:
         self._require(actor)
         # A non-UTF-8 directory name must not make the summary event unrecordable.
         source = directory.name.encode("utf-8", "replace").decode("utf-8")
-        return self.apply(actor, read_roster(directory), dry_run=dry_run, source=source)
+        roster = read_roster(directory)
+        return self.apply(actor, roster, dry_run=dry_run, source=source, progress=progress)
 
     def apply(
-        self, actor: Actor, roster: Roster, *, dry_run: bool = False, source: str = "roster"
+        self,
+        actor: Actor,
+        roster: Roster,
+        *,
+        dry_run: bool = False,
+        source: str = "roster",
+        progress: ImportProgress | None = None,
     ) -> ImportReport:
-        """Import ``roster`` row by row, each row in its own transaction with its audit
-        events, then the guardian links, then one ``roster.import`` summary event.
+        """Import ``roster`` row by row, each row atomic with its audit events, then the
+        guardian links, then one ``roster.import`` summary event.
+
+        Rows (and links) are committed in batches of ``batch_rows``, each row in a
+        savepoint of its own, so a rejected row takes back only its own changes and
+        events. ``progress`` is called after every row with ``"rows"`` and after every
+        link with ``"links"``, with the number done and the total.
 
         Idempotent: a second run of the same roster creates and updates nothing. With
         ``dry_run`` nothing is written (not even audit events) and the report says what
@@ -804,6 +855,7 @@ class RosterImport:
         """
         self._require(actor)
         run = _Run(self._engine, self._audit, actor, self._clock(), dry_run, roster)
+        run.progress, run.batch_limit = progress, self._batch_rows
         report = run.execute()
         if not dry_run:
             detail = f"OneRoster {roster.version.value} from {source}: {report.summary()}"
@@ -852,10 +904,30 @@ class _Run:
         self.school_ids: set[str] = set()  # sourcedIds of the schools in SQL (or planned)
         self.links_created = 0
         self.links_ended = 0
+        self.progress: ImportProgress | None = None
+        self.batch_limit = BATCH_ROWS  # rows per batch
+        # The open batch (not in a dry run): its session, rows so far, their events.
+        self.batch: Session | None = None
+        self.batch_rows = 0
+        self.events = _DeferredEvents()
 
     def execute(self) -> ImportReport:
+        """Raises AuditUnavailable (the open batch is rolled back) and what the database
+        raises beyond a row's conflicts."""
+        try:
+            return self._execute()
+        finally:
+            if self.batch is not None:
+                self.batch.close()  # rolls back a batch left open by an error
+
+    def _execute(self) -> ImportReport:
+        rows_total = len(self.roster.schools) + len(self.roster.people)
+        rows_done = 0
         for school in self.roster.schools:
             self._row(school.file, school.line, partial(self._school, row=school))
+            rows_done += 1
+            self._advance("rows", rows_done, rows_total)
+        self._commit_batch()  # the next query reads the schools in a session of its own
         with Session(self.engine) as session:
             known = session.scalars(select(School.source_id).where(School.source_id.is_not(None)))
             self.school_ids |= {sid for sid in known if sid is not None}
@@ -864,11 +936,15 @@ class _Run:
             problem = self._reference_problem(person, external)
             if problem:
                 self.rejected.append(Rejected(person.file, person.line, problem))
-                continue
-            if not self._row(person.file, person.line, partial(self._person, person=person)):
+            elif not self._row(person.file, person.line, partial(self._person, person=person)):
                 self.stored.pop(person.source_id, None)
-        for guardian, student, relationship in self._links(external):
+            rows_done += 1
+            self._advance("rows", rows_done, rows_total)
+        links = self._links(external)
+        for done, (guardian, student, relationship) in enumerate(links, start=1):
             self._link(guardian, student, relationship)
+            self._advance("links", done, len(links))
+        self._commit_batch()
         rejected = sorted([*self.roster.rejected, *self.rejected], key=lambda r: (r.file, r.line))
         return ImportReport(
             version=self.roster.version,
@@ -884,19 +960,46 @@ class _Run:
 
     # Transactions ------------------------------------------------------------------------
 
+    def _advance(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """One row's unit of work; in a dry run, a read-only session that is rolled back."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            if self.dry_run:
+        """One row's unit of work: a savepoint in the open batch, which is committed
+        after ``batch_limit`` rows; in a dry run, a read-only session rolled back."""
+        if self.dry_run:
+            with Session(self.engine, expire_on_commit=False) as session:
                 yield session
                 session.rollback()
-            else:
-                with session.begin():
-                    yield session
+            return
+        if self.batch is None:
+            self.batch = Session(self.engine, expire_on_commit=False)
+            self.batch.begin()
+        self.events.row.clear()
+        with self.batch.begin_nested():
+            yield self.batch
+        self.events.batch.extend(self.events.row)
+        self.batch_rows += 1
+        if self.batch_rows >= self.batch_limit:
+            self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        """Append the open batch's events and commit them with its rows.
+
+        Raises AuditUnavailable (nothing of the batch is stored) and what the commit raises.
+        """
+        batch, events = self.batch, self.events.batch
+        self.batch, self.events.batch, self.batch_rows = None, [], 0
+        if batch is None:
+            return
+        with batch:
+            for event in events:
+                self.audit.append(batch, event)
+            batch.commit()
 
     def _row(self, file: str, line: int, work: Callable[[Session], _Outcome]) -> bool:
-        """Run one row's work in its own transaction; False (and a rejection) if refused."""
+        """Run one row's work in its own savepoint; False (and a rejection) if refused."""
         try:
             with self._transaction() as session:
                 outcome = work(session)
@@ -916,7 +1019,7 @@ class _Run:
         self, session: Session, action: Action, *, student_id: uuid.UUID | None = None, detail: str
     ) -> None:
         if not self.dry_run:
-            self.audit.append(
+            self.events.append(
                 session, event_for(self.actor, action, student_id=student_id, detail=detail)
             )
 
@@ -1190,7 +1293,7 @@ class _Run:
                 # An ended link takes its shares with it, as a registrar's unlinking does.
                 revoke_guardian_grants(
                     session,
-                    self.audit,
+                    self.events,
                     self.actor,
                     user.id,
                     link.student_id,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Never
 
 import click
 from flask.cli import with_appcontext
+from tqdm import tqdm
 
 from web.cli_records import AS_OPTION
 from web.cli_support import reports_errors, runtime
@@ -31,8 +33,22 @@ def roster_import(directory: Path, dry_run: bool, as_email: str) -> None:
     and local restrictions are never undone. Exits 1 if any row was rejected.
     """
     rt = runtime()
-    importer = rt.roster
-    report = importer.import_directory(rt.accounts.acting_as(as_email), directory, dry_run=dry_run)
+    actor = rt.accounts.acting_as(as_email)
+    bars: dict[str, tqdm[Never]] = {}
+
+    def advance(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for previous in bars.values():
+                previous.close()
+            bar = bars[stage] = tqdm(total=total, unit=stage[:-1], desc=stage, disable=None)
+        bar.update(done - bar.n)
+
+    try:
+        report = rt.roster.import_directory(actor, directory, dry_run=dry_run, progress=advance)
+    finally:
+        for bar in bars.values():
+            bar.close()
     suffix = " (dry run: nothing was changed)" if report.dry_run else ""
     click.echo(f"OneRoster {report.version.value} roster from {directory}{suffix}")
     for label, count in (

@@ -14,12 +14,14 @@ import pytest
 from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
+from audit.errors import AuditUnavailable
 from audit.events import Action
 from folders.actor import Actor
 from folders.errors import FoldersError, Forbidden, InvalidInput, NotFound
 from folders.grants import GrantStatus
-from folders.models import GrantScope, Relationship, Role, StudentStatus
+from folders.models import GrantScope, Relationship, Role, Student, StudentStatus
 from folders.roster import (
     PersonKind,
     Rejected,
@@ -30,6 +32,7 @@ from folders.roster import (
 )
 from folders.runtime import Runtime
 from folders.text import clean_text
+from tests.support.faults import break_audit_inserts, restore_audit_inserts
 from web.cli import cli
 
 FIXTURES = Path(__file__).parent / "roster_fixtures"
@@ -421,6 +424,46 @@ def test_importing_the_same_directory_again_changes_nothing(runtime: Runtime) ->
     again = importer(runtime).import_directory(actor, FIXTURES / "v1_1")
     assert (again.created, again.updated, again.unchanged, again.links_created) == (0, 0, 11, 0)
     assert actions(runtime)[before:] == [Action.ROSTER_IMPORT]
+
+
+def test_progress_is_reported_after_every_row_and_every_link(runtime: Runtime) -> None:
+    calls: list[tuple[str, int, int]] = []
+    importer(runtime).import_directory(
+        registrar(runtime), FIXTURES / "v1_1", progress=lambda *call: calls.append(call)
+    )
+    # 2 schools and 9 people (the teacher and the district are skipped), then 5 links.
+    rows = [("rows", done, 11) for done in range(1, 12)]
+    assert calls == rows + [("links", done, 5) for done in range(1, 6)]
+
+
+def test_an_audit_failure_stops_the_import_and_takes_back_only_its_batch(
+    runtime: Runtime,
+) -> None:
+    """Rows are committed in batches together with their events. When the log refuses
+    an event its whole batch is rolled back, earlier batches stay stored and audited,
+    and importing again finishes the job with one event per change."""
+    actor = registrar(runtime)
+    in_pairs = RosterImport(runtime.engine, runtime.audit_log, runtime.clock, batch_rows=2)
+    break_audit_inserts(runtime.engine, detail_like="%(sourcedId s-10004)%")
+    with pytest.raises(AuditUnavailable):
+        in_pairs.import_directory(actor, FIXTURES / "v1_1")
+    with runtime.engine.connect() as connection:
+        stored = set(connection.scalars(select(Student.district_id)))
+    # Batches: the 2 schools; s-10001 and s-10002; s-10003 and s-10004, rolled back
+    # whole although only the event of s-10004 was refused.
+    assert stored == {"100001", "100002"}
+    assert Counter(actions(runtime)) == {Action.STUDENT_CREATE: 2}
+    assert not runtime.accounts.list_users(Actor.operator(), Role.GUARDIAN)
+
+    restore_audit_inserts(runtime.engine)
+    report = in_pairs.import_directory(actor, FIXTURES / "v1_1")
+    assert (report.created, report.unchanged, report.links_created) == (7, 4, 5)
+    assert Counter(actions(runtime)) == {
+        Action.STUDENT_CREATE: 5,
+        Action.USER_CREATE: 4,
+        Action.GUARDIAN_LINK: 5,
+        Action.ROSTER_IMPORT: 1,
+    }
 
 
 def test_changed_names_and_grades_are_audited_updates(runtime: Runtime, tmp_path: Path) -> None:
