@@ -999,9 +999,18 @@ class AuditLog:
             ) from e
         return InclusionProof(recorded, signed, hashes)
 
-    def verify(self, *, workers: int = 1) -> VerifyReport:
+    def verify(
+        self, *, workers: int = 1, progress: Callable[[int, int], None] | None = None
+    ) -> VerifyReport:
         """Recompute the chain, tree and signatures; see :func:`audit.verify.verify_log`."""
-        return verify_log(self._engine, self._verifier, self._store, self._origin, workers=workers)
+        return verify_log(
+            self._engine,
+            self._verifier,
+            self._store,
+            self._origin,
+            workers=workers,
+            progress=progress,
+        )
 
     def public_key_pem(self) -> bytes:
         """The checkpoint verification key, PEM SubjectPublicKeyInfo."""

@@ -28,10 +28,11 @@ import multiprocessing
 import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -130,12 +131,15 @@ def verify_log(
     origin: str,
     *,
     workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Verify every event and checkpoint of the log in ``engine`` and ``store``.
 
     With ``workers`` > 1, a log of at least ``PARALLEL_MIN_EVENTS`` events in a database
     file or server is checked in that many processes, chunk by chunk (see
-    :func:`_parallel_scan`); the report is the same as from one process. Raises
+    :func:`_parallel_scan`); the report is the same as from one process. ``progress``
+    is called with (events checked, events in the log) as the check goes on: after
+    every chunk, or every ``_PROGRESS_EVERY`` events in one process. Raises
     :class:`AuditUnavailable` if the database or the object store cannot be read; every
     integrity failure is reported, not raised.
     """
@@ -162,7 +166,7 @@ def verify_log(
         scan = _Scan(seals, lambda sequence: _stored_leaf(engine, sequence))
         fast = None
         if workers > 1 and counted is not None and counted >= PARALLEL_MIN_EVENTS:
-            fast = _parallel_scan(engine, counted, seals, workers)
+            fast = _parallel_scan(engine, counted, seals, workers, progress)
         with engine.connect() as connection:
             if fast is not None:
                 finding = None
@@ -170,7 +174,10 @@ def verify_log(
             else:
                 # Closed at once when the scan stops early, so the connection is free.
                 with closing(_rows(connection)) as rows:
-                    finding = scan.run(rows)
+                    if progress is None or counted is None:
+                        finding = scan.run(rows)
+                    else:
+                        finding = scan.run(_counting(rows, progress, counted))
             counted_after, _ = _counter(connection.execute(head).one_or_none())
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as e:
         # The scan reads through the driver directly (see _rows), so its errors too.
@@ -412,6 +419,16 @@ def _rows(
         cursor.close()
 
 
+def _counting(
+    rows: Iterator[Sequence[Any]], progress: Callable[[int, int], None], total: int
+) -> Iterator[Sequence[Any]]:
+    """``rows``, calling ``progress`` every ``_PROGRESS_EVERY`` of them."""
+    for count, row in enumerate(rows, start=1):
+        if count % _PROGRESS_EVERY == 0:
+            progress(count, total)
+        yield row
+
+
 def _stored_leaf(engine: Engine, sequence: int) -> bytes | None:
     if sequence == 0:
         return GENESIS_HASH
@@ -480,6 +497,7 @@ def _check_rows(
 
 
 PARALLEL_MIN_EVENTS = 1 << 19
+_PROGRESS_EVERY = 1 << 16  # events between progress reports of a scan in one process
 """Below this many events one process verifies about as fast as several, which take
 about half a second to start."""
 _CHUNK_HEIGHT_MIN = 14
@@ -547,7 +565,11 @@ def _check_chunk(job: _ChunkJob) -> _ChunkResult:
 
 
 def _parallel_scan(
-    engine: Engine, counted: int, seals: dict[int, Checkpoint], workers: int
+    engine: Engine,
+    counted: int,
+    seals: dict[int, Checkpoint],
+    workers: int,
+    progress: Callable[[int, int], None] | None,
 ) -> tuple[int, bytes] | None:
     """The fast path over the whole log in ``workers`` processes.
 
@@ -583,8 +605,18 @@ def _parallel_scan(
         )
         for index, first in enumerate(firsts)
     ]
+    checked = 0
+    checked_lock = threading.Lock()
+
+    def chunk_done(job: _ChunkJob) -> None:
+        nonlocal checked
+        if progress is not None:
+            with checked_lock:
+                checked += (counted if job.last is None else job.last) - job.first + 1
+                progress(checked, counted)
+
     try:
-        results = _check_chunks(jobs, workers)
+        results = _check_chunks(jobs, workers, chunk_done)
     except Exception:  # the scan in one process is the authority
         # A worker that could not start, read or report back: the caller's scan
         # then reads the log itself, and raises or reports what is wrong.
@@ -611,9 +643,12 @@ def _parallel_scan(
     return prefix.size + results[-1].count, last_leaf
 
 
-def _check_chunks(jobs: list[_ChunkJob], workers: int) -> list[_ChunkResult]:
+def _check_chunks(
+    jobs: list[_ChunkJob], workers: int, done: Callable[[_ChunkJob], None]
+) -> list[_ChunkResult]:
     """:func:`_check_chunk` of every job, in order, in ``workers`` processes: this one
-    and ``workers - 1`` started for the purpose.
+    and ``workers - 1`` started for the purpose. ``done`` is called with each job
+    checked, from this thread or the pool's.
 
     The started processes take jobs from the front while this one takes them from the
     back, so it works while they are still starting (a fresh interpreter takes about
@@ -627,6 +662,8 @@ def _check_chunks(jobs: list[_ChunkJob], workers: int) -> list[_ChunkResult]:
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(min(workers - 1, len(jobs)), mp_context=context) as pool:
         futures = [pool.submit(_check_chunk, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            future.add_done_callback(partial(_report_done, done, job))
         done_here: dict[int, _ChunkResult] = {}
         # A job the pool has not handed out yet can be cancelled and run here; once one
         # cannot, the pool has handed out every job before it too.
@@ -634,10 +671,18 @@ def _check_chunks(jobs: list[_ChunkJob], workers: int) -> list[_ChunkResult]:
             if not futures[index].cancel():
                 break
             done_here[index] = _check_chunk(jobs[index])
+            done(jobs[index])
         return [
             done_here[index] if index in done_here else future.result()
             for index, future in enumerate(futures)
         ]
+
+
+def _report_done(
+    done: Callable[[_ChunkJob], None], job: _ChunkJob, future: Future[_ChunkResult]
+) -> None:
+    if not future.cancelled():  # a cancelled job is checked here, and reported then
+        done(job)
 
 
 class _Scan:

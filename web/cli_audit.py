@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 from flask.cli import with_appcontext
+from tqdm import tqdm
 
 from audit.checkpoint import SignedCheckpoint
 from audit.errors import AuditError
@@ -48,12 +49,21 @@ def audit_cli() -> None:
 def verify(as_json: bool, jobs: int) -> None:
     """Recompute the hash chain, Merkle tree and checkpoint signatures.
 
-    Checks every event in SQL against the checkpoints in SQL and in the object store.
-    Exits 0 when the log is intact, otherwise 1, naming the first bad sequence number
-    and what is wrong: edited, deleted, inserted, reordered, truncated, bad signature.
+    Checks every event in SQL against the checkpoints in SQL and in the object store,
+    with a progress bar on a terminal. Exits 0 when the log is intact, otherwise 1,
+    naming the first bad sequence number and what is wrong: edited, deleted, inserted,
+    reordered, truncated, bad signature.
     """
     log = runtime().audit_log
-    report = log.verify(workers=jobs)
+    with tqdm(unit="event", unit_scale=True, desc="verifying", disable=None) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = log.verify(workers=jobs, progress=advance)
+        if bar.total:
+            bar.update(report.events_checked - bar.n)
     if as_json:
         click.echo(json.dumps(_report_json(report), indent=2))
     else:

@@ -256,6 +256,22 @@ def test_verifying_in_parallel_beside_other_threads_starts_fresh_interpreters(
     assert report.ok, report.detail
 
 
+def test_verification_reports_its_progress(sealed_log: AuditLog) -> None:
+    calls: list[tuple[int, int]] = []
+    with patch.object(audit.verify, "_PROGRESS_EVERY", 16):
+        assert sealed_log.verify(progress=lambda *call: calls.append(call)).ok
+    assert calls == [(16, 40), (32, 40)]
+    # In parallel, after every chunk of four events, from whichever process checked it.
+    calls.clear()
+    with (
+        in_one_process_only(),
+        patch.object(audit.verify, "PARALLEL_MIN_EVENTS", 1),
+        patch.object(audit.verify, "_CHUNK_HEIGHT_MIN", 2),
+    ):
+        assert sealed_log.verify(workers=3, progress=lambda *call: calls.append(call)).ok
+    assert calls == [(done, 40) for done in range(4, 41, 4)]
+
+
 def test_an_intact_log_verifies(sealed_log: AuditLog) -> None:
     report = sealed_log.verify()
     with in_one_process_only():
