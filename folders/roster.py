@@ -854,8 +854,10 @@ class RosterImport:
         would have happened. Raises Forbidden and AuditUnavailable as import_directory.
         """
         self._require(actor)
-        run = _Run(self._engine, self._audit, actor, self._clock(), dry_run, roster)
-        run.progress, run.batch_limit = progress, self._batch_rows
+        run = _Run(
+            self._engine, self._audit, actor, self._clock(), dry_run, roster,
+            progress, self._batch_rows,
+        )  # fmt: skip
         report = run.execute()
         if not dry_run:
             detail = f"OneRoster {roster.version.value} from {source}: {report.summary()}"
@@ -888,6 +890,8 @@ class _Run:
         now: datetime,
         dry_run: bool,
         roster: Roster,
+        progress: ImportProgress | None,
+        batch_limit: int,
     ) -> None:
         self.engine = engine
         self.audit = audit
@@ -904,8 +908,8 @@ class _Run:
         self.school_ids: set[str] = set()  # sourcedIds of the schools in SQL (or planned)
         self.links_created = 0
         self.links_ended = 0
-        self.progress: ImportProgress | None = None
-        self.batch_limit = BATCH_ROWS  # rows per batch
+        self.progress = progress
+        self.batch_limit = batch_limit  # rows per batch
         # The open batch (not in a dry run): its session, rows so far, their events.
         self.batch: Session | None = None
         self.batch_rows = 0
